@@ -1,0 +1,189 @@
+"""What every skpadim detector shares: sklearn's outlier interface on top of anomaly maps.
+
+A detector subclass supplies ``_patch_distances(X)``: ``(n, h, w)`` patch-level distances
+(higher = more anomalous) for spatial input, or ``(n,)`` for plain 2-D feature vectors. This
+mixin turns them into maps and image scores through :mod:`skpadim.scoring`, and into sklearn's
+conventions: ``score_samples`` (higher = more normal), ``offset_`` from ``contamination``,
+``decision_function`` and ``predict``.
+"""
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+
+import warnings
+
+from . import scoring
+from ._compat import Interval, StrOptions
+from ._labels import as_anomaly_labels
+from .exceptions import InvalidImageError, SkpadimWarning
+
+# The stride of the first tapped layer of every built-in backbone: a 56x56 patch grid comes
+# from a 224x224 image. Used only when ``map_size`` is left at None.
+DEFAULT_GRID_STRIDE = 4
+
+MAP_PARAMETER_CONSTRAINTS = {
+    "contamination": [Interval(Real, 0, 0.5, closed="right")],
+    "map_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
+    "interpolation": [StrOptions(set(scoring.INTERPOLATIONS))],
+    "sigma": [Interval(Real, 0, None, closed="left")],
+    "truncate": [Interval(Real, 0, None, closed="neither")],
+    "mode": [StrOptions(set(scoring.BORDER_MODES))],
+}
+
+
+class AnomalyMapMixin(OutlierMixin):
+    """Outlier-detector methods derived from ``_patch_distances``.
+
+    Subclasses declare ``contamination``, ``map_size``, ``interpolation``, ``sigma``,
+    ``truncate`` and ``mode`` as parameters (see ``MAP_PARAMETER_CONSTRAINTS``).
+    """
+
+    def _map_size(self, grid_shape):
+        if self.map_size is None:
+            return tuple(DEFAULT_GRID_STRIDE * g for g in grid_shape)
+        if isinstance(self.map_size, (int, np.integer)):
+            return (int(self.map_size),) * 2
+        size = tuple(int(s) for s in self.map_size)
+        if len(size) != 2 or min(size) < 1:
+            raise InvalidImageError(
+                f"map_size must be an int or (height, width), got {self.map_size!r}"
+            )
+        return size
+
+    def patch_distances(self, X):
+        """Distance of every patch to its normal model: the paper's raw anomaly measure.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_channels, h, w) or (n_samples, n_features)
+            Feature maps, or feature vectors (the 1x1-grid case).
+
+        Returns
+        -------
+        distances : ndarray of shape (n_samples, h, w) or (n_samples,)
+            Higher = more anomalous.
+        """
+        check_is_fitted(self)
+        return self._patch_distances(X)
+
+    def anomaly_maps(self, X):
+        """Anomaly maps at image resolution: distances upsampled and Gaussian-smoothed.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_channels, h, w)
+            Feature maps.
+
+        Returns
+        -------
+        maps : ndarray of shape (n_samples, H, W), dtype float32
+            Higher = more anomalous. ``(H, W)`` is ``map_size``.
+        """
+        distances = self.patch_distances(X)
+        if distances.ndim != 3:
+            raise InvalidImageError(
+                "anomaly maps need spatial feature maps (n, channels, h, w); 2-D input has no "
+                "spatial layout: use anomaly_scores or score_samples instead"
+            )
+        return self._distances_to_maps(distances)
+
+    def _distances_to_maps(self, distances):
+        return scoring.anomaly_maps(
+            distances,
+            self._map_size(distances.shape[1:]),
+            interpolation=self.interpolation,
+            sigma=self.sigma,
+            truncate=self.truncate,
+            mode=self.mode,
+        )
+
+    def anomaly_scores(self, X):
+        """Image-level anomaly scores: the maximum of each anomaly map (higher = worse).
+
+        For 2-D input (one patch per sample) the score is the patch distance itself, which is
+        what the maximum of an upsampled, smoothed constant map would be.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_channels, h, w) or (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+        """
+        return self._distances_to_scores(self.patch_distances(X))
+
+    def _distances_to_scores(self, distances):
+        if distances.ndim == 1:
+            return distances
+        return scoring.image_scores(self._distances_to_maps(distances))
+
+    def score_samples(self, X):
+        """Normality of each sample, sklearn's convention: higher = more normal.
+
+        This is ``-anomaly_scores(X)``.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_channels, h, w) or (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+        """
+        return -self.anomaly_scores(X)
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for samples predicted anomalous.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_channels, h, w) or (n_samples, n_features)
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,)
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """+1 for normal samples, -1 for anomalies, using the threshold ``offset_``.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_channels, h, w) or (n_samples, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), values in {-1, +1}
+        """
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    @staticmethod
+    def _normal_samples(X, y):
+        """Drop the samples ``y`` labels anomalous, so fitting uses normal samples only.
+
+        Detectors learn normality; a labelled set passed whole (GridSearchCV's refit does
+        this) would otherwise teach them its defects. ``y`` that is not a set of anomaly
+        labels is ignored with a warning, as sklearn's outlier detectors ignore ``y``.
+        """
+        if y is None:
+            return X
+        try:
+            anomalous = as_anomaly_labels(y)
+        except InvalidImageError as exc:
+            warnings.warn(f"y ignored: {exc}; fitting on all samples", SkpadimWarning)
+            return X
+        if len(anomalous) != len(X):
+            raise InvalidImageError(f"{len(X)} samples but {len(anomalous)} labels in y")
+        if not anomalous.any():
+            return X
+        keep = np.flatnonzero(~anomalous)
+        return [X[i] for i in keep] if isinstance(X, list) else X[keep]
+
+    def _set_offset(self, training_scores):
+        """Threshold so that a fraction ``contamination`` of the training samples is flagged."""
+        self.offset_ = float(np.percentile(training_scores, 100.0 * self.contamination))

@@ -1,0 +1,56 @@
+"""Torch glue shared by the estimators: devices, seeded initialisation, CPU-safe pickling."""
+
+import contextlib
+import copy
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+from .exceptions import SkpadimError
+
+
+def from_numpy(X, dtype=None):
+    """``torch.from_numpy`` without a copy where possible and without torch's warning on
+    read-only arrays (joblib memmaps, sklearn's checks), which are only read here."""
+    X = np.ascontiguousarray(X, dtype=dtype)
+    return torch.from_numpy(X if X.flags.writeable else X.copy())
+
+
+def resolve_device(device):
+    """``"auto"`` -> CUDA when available, else CPU; anything else is checked and returned."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SkpadimError(
+            f"device={str(device)!r} was requested but CUDA is not available here; "
+            "use device='cpu' or 'auto'"
+        )
+    return device
+
+
+def torch_seed(random_state):
+    """A torch seed drawn from a sklearn ``random_state`` (int, RandomState or None)."""
+    return int(check_random_state(random_state).randint(0, 2**31 - 1))
+
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Run torch code under ``seed`` and leave the global RNG state as it was.
+
+    torchvision initialises layers from the global generator; forking it is the only way to
+    make that reproducible without disturbing the caller's own random stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def cpu_copy(module):
+    """A CPU copy of ``module`` for pickling, so models saved on a GPU load anywhere."""
+    try:
+        on_cpu = all(p.device.type == "cpu" for p in module.state_dict().values())
+    except AttributeError:
+        return module
+    return module if on_cpu else copy.deepcopy(module).cpu()

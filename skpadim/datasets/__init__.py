@@ -1,0 +1,39 @@
+"""Data sets for image anomaly detection, as file paths or arrays in scikit-learn Bunches.
+
+Loaders read published folder layouts without decoding any image: images come back as lists
+of paths, which skpadim's estimators accept, and ground-truth masks as references that
+:func:`read_masks` reads on demand.
+
+- :func:`load_mvtec`: MVTec AD.
+- :func:`load_stc`: ShanghaiTech Campus, as video frames.
+- :func:`load_folder`: your own images in a simple layout.
+- :func:`make_rd_mvtec`: randomly rotated and shifted copies of images and masks (the PaDiM
+  paper's Rd-MVTec AD).
+- :func:`make_texture_defects` and :func:`load_demo`: a demo set that needs no download, from
+  the texture photos shipped with scikit-image and drawn defects.
+
+Labels follow one convention everywhere: 1 = anomalous, 0 = normal.
+"""
+
+from ._defects import DEFECT_TYPES
+from ._folder import load_folder
+from ._masks import read_masks
+from ._mvtec import MVTEC_CATEGORIES, MVTEC_OBJECTS, MVTEC_TEXTURES, load_mvtec
+from ._rd_mvtec import make_rd_mvtec
+from ._stc import load_stc
+from ._textures import DEMO_TEXTURES, load_demo, make_texture_defects
+
+__all__ = [
+    "load_mvtec",
+    "load_stc",
+    "load_folder",
+    "read_masks",
+    "make_rd_mvtec",
+    "make_texture_defects",
+    "load_demo",
+    "MVTEC_CATEGORIES",
+    "MVTEC_TEXTURES",
+    "MVTEC_OBJECTS",
+    "DEMO_TEXTURES",
+    "DEFECT_TYPES",
+]

@@ -1,0 +1,24 @@
+"""Exceptions and warnings raised by skpadim.
+
+Every error skpadim raises for bad input derives from :class:`SkpadimError`, and also from the
+built-in exception a caller would naturally catch (``ValueError`` for bad values, ``OSError``
+for unreadable files), so ``except ValueError`` keeps working.
+"""
+
+__all__ = ["SkpadimError", "InvalidImageError", "DatasetError", "SkpadimWarning"]
+
+
+class SkpadimError(Exception):
+    """Base class of every error raised by skpadim."""
+
+
+class InvalidImageError(SkpadimError, ValueError):
+    """Images or feature maps of the wrong shape, type, range or size."""
+
+
+class DatasetError(SkpadimError, OSError):
+    """A data set on disk is missing, incomplete, unreadable or inconsistent."""
+
+
+class SkpadimWarning(UserWarning):
+    """Something worked, but probably not as the user meant it to."""

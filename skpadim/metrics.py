@@ -1,0 +1,423 @@
+"""Anomaly detection metrics: image ROC AUC, pixel ROC AUC and per-region overlap (PRO).
+
+Every score and map here reads "higher = more anomalous", as PaDiM's distances do. Image
+labels follow :func:`skpadim._labels.as_anomaly_labels`: 0/1 with 1 anomalous, -1/+1 with -1
+anomalous, booleans, or ``(n, H, W)`` ground-truth masks. Pixel metrics compare masks and
+maps of the same shape; bring masks to the maps' resolution with
+:func:`skpadim.preprocessing.transform_masks`.
+
+PRO follows the MVTec AD evaluation code: ground-truth regions are the 8-connected components
+of each mask, and the curve has one point per distinct score. The scorers plug these metrics
+into :class:`~sklearn.model_selection.GridSearchCV` and friends.
+"""
+
+from functools import partial
+from numbers import Real
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from ._labels import as_anomaly_labels
+from .exceptions import InvalidImageError
+
+__all__ = [
+    "image_auroc",
+    "pixel_auroc",
+    "pro_curve",
+    "pro_score",
+    "image_auroc_scorer",
+    "pixel_auroc_scorer",
+    "pro_scorer",
+    "make_pro_scorer",
+]
+
+
+def _check_both_classes(is_anomalous, name, unit):
+    """Raise unless ``is_anomalous`` holds both True and False."""
+    n_anomalous = np.count_nonzero(is_anomalous)
+    if n_anomalous == 0 or n_anomalous == is_anomalous.size:
+        missing = "normal" if n_anomalous else "anomalous"
+        raise InvalidImageError(
+            f"{name} hold no {missing} {unit} among {is_anomalous.size}: ROC AUC needs "
+            f"both normal and anomalous {unit}s; evaluate on a test set that holds both"
+        )
+
+
+def _check_masks_and_maps(masks, maps):
+    """Return masks as bool and maps as float64, both ``(n, H, W)`` and of one shape."""
+    masks = np.asarray(masks)
+    maps = np.asarray(maps, dtype=np.float64)
+    if masks.ndim != 3:
+        raise InvalidImageError(
+            f"masks must have shape (n, H, W), got {masks.shape}; for image labels use "
+            "image_auroc or image_auroc_scorer instead"
+        )
+    if masks.shape != maps.shape:
+        raise InvalidImageError(
+            f"masks have shape {masks.shape} but anomaly maps have shape {maps.shape}; "
+            "bring the masks to the maps' resolution with "
+            "skpadim.preprocessing.transform_masks(masks, resize, crop), using the resize "
+            "and crop the images went through"
+        )
+    if not np.isfinite(maps).all():
+        raise InvalidImageError(
+            "anomaly maps contain NaN or infinite values; check the model that made them"
+        )
+    return masks.astype(bool), maps
+
+
+def _check_max_fpr(max_fpr):
+    # bool is a Real to Python, but max_fpr=True is surely a mistake.
+    if isinstance(max_fpr, bool) or not isinstance(max_fpr, Real) or not 0 < max_fpr <= 1:
+        raise ValueError(
+            f"max_fpr must be a float in (0, 1], got {max_fpr!r}; MVTec AD reports PRO "
+            "up to max_fpr=0.3"
+        )
+
+
+def image_auroc(y_true, scores):
+    """Area under the ROC curve of image-level anomaly scores.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,) or (n_samples, H, W)
+        Image labels (0/1 with 1 anomalous, -1/+1 with -1 anomalous, or booleans with True
+        anomalous) or ground-truth masks, where an image is anomalous when any pixel is set.
+    scores : array-like of shape (n_samples,)
+        Anomaly scores, higher = more anomalous.
+
+    Returns
+    -------
+    auroc : float
+        1.0 when every anomalous image scores above every normal one, 0.5 for chance.
+
+    Examples
+    --------
+    >>> from skpadim.metrics import image_auroc
+    >>> image_auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    0.75
+    >>> image_auroc([1, 1, -1, -1], [0.1, 0.4, 0.35, 0.8])
+    0.75
+    """
+    is_anomalous = as_anomaly_labels(y_true)
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != is_anomalous.shape:
+        raise InvalidImageError(
+            f"scores must have shape {is_anomalous.shape}, one per image of y_true, got "
+            f"{scores.shape}"
+        )
+    _check_both_classes(is_anomalous, "y_true", "image")
+    return float(roc_auc_score(is_anomalous, scores))
+
+
+def pixel_auroc(masks, maps):
+    """Area under the ROC curve of all pixels of all images, pooled.
+
+    Parameters
+    ----------
+    masks : array-like of shape (n_samples, H, W)
+        Ground truth; non-zero marks a defective pixel.
+    maps : array-like of shape (n_samples, H, W)
+        Anomaly maps at the masks' resolution, higher = more anomalous.
+
+    Returns
+    -------
+    auroc : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.metrics import pixel_auroc
+    >>> masks = np.array([[[0, 1], [1, 0]]])
+    >>> pixel_auroc(masks, [[[0.1, 0.9], [0.8, 0.2]]])
+    1.0
+    >>> pixel_auroc(masks, [[[0.1, 0.9], [0.15, 0.2]]])
+    0.75
+    """
+    masks, maps = _check_masks_and_maps(masks, maps)
+    _check_both_classes(masks, "masks", "pixel")
+    return float(roc_auc_score(masks.ravel(), maps.ravel()))
+
+
+def _label_regions(masks):
+    """Number the defect regions of all images; return the labels and each label's size.
+
+    Regions are the 8-connected components of each image's mask. Label 0 marks normal
+    pixels, so ``sizes[0]`` counts them and ``len(sizes) - 1`` regions follow.
+    """
+    # Connected within an image's plane only: one call labels the whole stack, and
+    # numbers the regions of all images consecutively.
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    regions, _ = ndimage.label(masks, structure=structure)
+    return regions, np.bincount(regions.ravel(), minlength=1)
+
+
+def pro_curve(masks, maps):
+    """Per-region overlap against false positive rate, one point per distinct score.
+
+    At threshold ``t`` a pixel is flagged when its score is ``>= t``. The false positive
+    rate is the fraction of all normal pixels of all images that are flagged; the
+    per-region overlap (PRO) is the mean, over every defect region of every image, of the
+    fraction of the region that is flagged. Regions are the 8-connected components of each
+    mask, so a small defect weighs as much as a large one. This is the curve of the MVTec AD
+    evaluation code.
+
+    Parameters
+    ----------
+    masks : array-like of shape (n_samples, H, W)
+        Ground truth; non-zero marks a defective pixel. Images without a defect contribute
+        normal pixels only.
+    maps : array-like of shape (n_samples, H, W)
+        Anomaly maps at the masks' resolution, higher = more anomalous.
+
+    Returns
+    -------
+    fpr : ndarray of shape (n_thresholds + 1,)
+        False positive rates, non-decreasing, from 0 to 1.
+    pro : ndarray of shape (n_thresholds + 1,)
+        Per-region overlaps, non-decreasing, from 0 to 1.
+    thresholds : ndarray of shape (n_thresholds + 1,)
+        The distinct scores in decreasing order, after ``inf`` for the point (0, 0).
+
+    See Also
+    --------
+    pro_score : Normalised area under this curve.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.metrics import pro_curve
+    >>> masks = np.array([[[1, 1], [0, 0]]])
+    >>> fpr, pro, thresholds = pro_curve(masks, [[[0.9, 0.8], [0.3, 0.3]]])
+    >>> fpr
+    array([0., 0., 0., 1.])
+    >>> pro
+    array([0. , 0.5, 1. , 1. ])
+    >>> thresholds
+    array([inf, 0.9, 0.8, 0.3])
+    """
+    masks, maps = _check_masks_and_maps(masks, maps)
+    regions, sizes = _label_regions(masks)
+    n_normal, n_regions = sizes[0], len(sizes) - 1
+    if n_normal == 0:
+        raise InvalidImageError(
+            "masks mark every pixel as defective; PRO needs normal pixels to count false "
+            "positives"
+        )
+    if n_regions == 0:
+        raise InvalidImageError(
+            "masks contain no defective pixel; PRO needs at least one defect region"
+        )
+
+    order = np.argsort(maps, axis=None)[::-1]
+    scores = maps.ravel()[order]
+    region_of = regions.ravel()[order]
+    # Integer counts keep the false positive rate exact, so its last value is exactly 1.
+    fpr = np.cumsum(region_of == 0) / n_normal
+    # A flagged pixel adds 1 / (its region's size) to the summed overlaps of all regions.
+    overlap_gain = np.r_[0.0, 1.0 / sizes[1:]]
+    pro = np.cumsum(overlap_gain[region_of]) / n_regions
+    # Tied pixels are flagged together: keep the point after the last of each tie.
+    last_of_tie = np.append(scores[1:] != scores[:-1], True)
+    fpr = np.minimum(fpr[last_of_tie], 1.0)
+    pro = np.minimum(pro[last_of_tie], 1.0)
+    thresholds = scores[last_of_tie]
+    return np.r_[0.0, fpr], np.r_[0.0, pro], np.r_[np.inf, thresholds]
+
+
+def _area_up_to(x, y, x_max):
+    """Trapezoid area under the curve ``(x, y)`` from ``x[0]`` to exactly ``x_max``.
+
+    ``x`` is non-decreasing and ends at or beyond ``x_max``; ``y`` at ``x_max`` is
+    interpolated linearly between the neighbouring points.
+    """
+    n_within = np.searchsorted(x, x_max, side="right")
+    x_in, y_in = x[:n_within], y[:n_within]
+    if x_in[-1] < x_max:
+        x0, x1 = x[n_within - 1], x[n_within]
+        y0, y1 = y[n_within - 1], y[n_within]
+        y_at_max = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
+        x_in, y_in = np.append(x_in, x_max), np.append(y_in, y_at_max)
+    return float(np.sum(np.diff(x_in) * (y_in[1:] + y_in[:-1]) / 2))
+
+
+def pro_score(masks, maps, max_fpr=0.3):
+    """Normalised area under the PRO curve up to a false positive rate ``max_fpr``.
+
+    The area under :func:`pro_curve` from FPR 0 to exactly ``max_fpr`` (trapezoid rule, the
+    PRO at ``max_fpr`` interpolated linearly), divided by ``max_fpr`` so that a perfect
+    detector scores 1. This is the PRO metric of the MVTec AD evaluation code, not the
+    variant that samples a fixed number of thresholds.
+
+    Parameters
+    ----------
+    masks : array-like of shape (n_samples, H, W)
+        Ground truth; non-zero marks a defective pixel.
+    maps : array-like of shape (n_samples, H, W)
+        Anomaly maps at the masks' resolution, higher = more anomalous.
+    max_fpr : float, default=0.3
+        Upper limit of the false positive rate, in (0, 1]. MVTec AD reports 0.3.
+
+    Returns
+    -------
+    score : float
+        In [0, 1], higher is better.
+
+    See Also
+    --------
+    pro_curve : The curve this integrates.
+
+    Examples
+    --------
+    The map finds half of the defect before any false alarm, and the other half only after
+    every normal pixel, so the PRO is 0.5 at every false positive rate up to 1:
+
+    >>> import numpy as np
+    >>> from skpadim.metrics import pro_score
+    >>> masks = np.zeros((1, 3, 4), dtype=bool)
+    >>> masks[0, 0, :2] = True
+    >>> maps = np.full((1, 3, 4), 0.5)
+    >>> maps[0, 0, :2] = [1.0, 0.0]
+    >>> pro_score(masks, maps)
+    0.5
+    >>> pro_score(masks, masks.astype(float))
+    1.0
+    """
+    _check_max_fpr(max_fpr)
+    fpr, pro, _ = pro_curve(masks, maps)
+    return _area_up_to(fpr, pro, max_fpr) / max_fpr
+
+
+def image_auroc_scorer(estimator, X, y):
+    """Image ROC AUC of a fitted outlier detector, as a scikit-learn scorer.
+
+    The anomaly scores are ``-estimator.score_samples(X)``, since scikit-learn's
+    ``score_samples`` is higher for more normal samples.
+
+    Parameters
+    ----------
+    estimator : object
+        Fitted estimator or pipeline with ``score_samples``.
+    X : array-like or list of str
+        Test images, in any form ``estimator`` accepts.
+    y : array-like of shape (n_samples,) or (n_samples, H, W)
+        Image labels or ground-truth masks, as for :func:`image_auroc`.
+
+    Returns
+    -------
+    auroc : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.covariance import EllipticEnvelope
+    >>> from skpadim.metrics import image_auroc_scorer
+    >>> rng = np.random.RandomState(0)
+    >>> detector = EllipticEnvelope(random_state=0).fit(rng.normal(size=(50, 2)))
+    >>> X = np.r_[rng.normal(size=(5, 2)), rng.normal(loc=8, size=(5, 2))]
+    >>> image_auroc_scorer(detector, X, [0] * 5 + [1] * 5)
+    1.0
+    """
+    return image_auroc(y, -np.asarray(estimator.score_samples(X)))
+
+
+def _anomaly_maps(estimator, X):
+    # Imported here, not at the top: the pipeline module sits above the estimators, and
+    # the metrics must stay importable without it.
+    from .pipeline import anomaly_maps
+
+    return anomaly_maps(estimator, X)
+
+
+def pixel_auroc_scorer(estimator, X, y):
+    """Pixel ROC AUC of a fitted model's anomaly maps, as a scikit-learn scorer.
+
+    Parameters
+    ----------
+    estimator : object
+        Fitted pipeline or estimator that :func:`skpadim.pipeline.anomaly_maps` accepts.
+    X : array-like or list of str
+        Test images, in any form ``estimator`` accepts.
+    y : array-like of shape (n_samples, H, W)
+        Ground-truth masks at the resolution of the anomaly maps.
+
+    Returns
+    -------
+    auroc : float
+
+    See Also
+    --------
+    pixel_auroc : The metric on masks and maps.
+
+    Examples
+    --------
+    Fitting needs a backbone, so those lines are not run here:
+
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from skpadim.metrics import pixel_auroc_scorer, pro_scorer
+    >>> scoring = {"pixel_auroc": pixel_auroc_scorer, "pro": pro_scorer}
+    >>> search = GridSearchCV(model, param_grid, scoring=scoring, refit="pro")  # doctest: +SKIP
+    >>> search.fit(images, masks)  # doctest: +SKIP
+    """
+    return pixel_auroc(y, _anomaly_maps(estimator, X))
+
+
+def pro_scorer(estimator, X, y, *, max_fpr=0.3):
+    """PRO score of a fitted model's anomaly maps, as a scikit-learn scorer.
+
+    Parameters
+    ----------
+    estimator : object
+        Fitted pipeline or estimator that :func:`skpadim.pipeline.anomaly_maps` accepts.
+    X : array-like or list of str
+        Test images, in any form ``estimator`` accepts.
+    y : array-like of shape (n_samples, H, W)
+        Ground-truth masks at the resolution of the anomaly maps.
+    max_fpr : float, default=0.3
+        Upper limit of the false positive rate; :func:`make_pro_scorer` fixes another.
+
+    Returns
+    -------
+    score : float
+
+    See Also
+    --------
+    pro_score : The metric on masks and maps.
+
+    Examples
+    --------
+    Fitting needs a backbone, so those lines are not run here:
+
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from skpadim.metrics import pro_scorer
+    >>> search = GridSearchCV(model, param_grid, scoring=pro_scorer)  # doctest: +SKIP
+    >>> search.fit(images, masks)  # doctest: +SKIP
+    """
+    return pro_score(y, _anomaly_maps(estimator, X), max_fpr=max_fpr)
+
+
+def make_pro_scorer(max_fpr=0.3):
+    """Make a PRO scorer with another limit of the false positive rate.
+
+    Parameters
+    ----------
+    max_fpr : float, default=0.3
+        Upper limit of the false positive rate, in (0, 1].
+
+    Returns
+    -------
+    scorer : callable
+        ``scorer(estimator, X, y) -> float``, :func:`pro_scorer` with ``max_fpr`` fixed.
+        It pickles, so it works with ``n_jobs``.
+
+    Examples
+    --------
+    >>> from skpadim.metrics import make_pro_scorer
+    >>> scorer = make_pro_scorer(max_fpr=0.05)
+    >>> scorer.keywords
+    {'max_fpr': 0.05}
+    """
+    _check_max_fpr(max_fpr)
+    return partial(pro_scorer, max_fpr=max_fpr)

@@ -1,0 +1,275 @@
+"""Turning what users hold (arrays, file paths) into network-ready image tensors.
+
+Images enter skpadim in one of three forms, and leave this module as float32 tensors
+``(n, 3, H, W)`` in [0, 1]:
+
+- uint8 arrays ``(n, H, W, 3)`` or ``(n, H, W)`` (grayscale), as image readers return them;
+- float arrays ``(n, 3, H, W)`` or ``(n, 1, H, W)`` with values in [0, 1], as torch uses them;
+- a list of image file paths (any size; each is resized on its own).
+
+Masks go through :func:`transform_masks`, the same geometry as the images, so metrics
+compare like with like.
+"""
+
+import os
+from numbers import Integral
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._torch import from_numpy
+from .exceptions import DatasetError, InvalidImageError
+
+__all__ = ["read_image", "as_image_batches", "resize_and_crop", "transform_masks"]
+
+_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+def read_image(path):
+    """Read one image file as a uint8 RGB array ``(H, W, 3)``.
+
+    Grayscale and palette images are converted to RGB; the whole file is decoded now, so a
+    truncated file fails here with its name rather than later.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+
+    Returns
+    -------
+    image : ndarray of shape (H, W, 3), dtype uint8
+
+    Raises
+    ------
+    DatasetError
+        If the file is missing or cannot be decoded as an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError as exc:
+        raise DatasetError(f"image file not found: {os.fspath(path)!r}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(
+            f"cannot read image {os.fspath(path)!r} ({exc}); is the file complete and an image?"
+        ) from exc
+
+
+def _is_path_list(X):
+    return isinstance(X, (list, tuple)) and len(X) > 0 and all(
+        isinstance(x, (str, os.PathLike)) for x in X
+    )
+
+
+def _array_to_tensor(X):
+    """Validate one array of images and return float32 ``(n, 3, H, W)`` in [0, 1]."""
+    X = np.asarray(X)
+    if X.dtype == np.uint8:
+        if X.ndim == 3:
+            X = X[..., None]
+        if X.ndim != 4 or X.shape[-1] not in (1, 3):
+            raise InvalidImageError(
+                f"uint8 images must have shape (n, H, W, 3) or (n, H, W), got {X.shape}; "
+                "channels-first uint8 arrays need X.transpose(0, 2, 3, 1)"
+            )
+        t = from_numpy(X).permute(0, 3, 1, 2).float().div_(255)
+    elif np.issubdtype(X.dtype, np.floating):
+        if X.ndim != 4 or X.shape[1] not in (1, 3):
+            hint = (
+                "; it looks channels-last: use X.transpose(0, 3, 1, 2)"
+                if X.ndim == 4 and X.shape[-1] in (1, 3)
+                else ""
+            )
+            raise InvalidImageError(
+                f"float images must have shape (n, 3, H, W) or (n, 1, H, W), got {X.shape}{hint}"
+            )
+        if not np.isfinite(X).all():
+            raise InvalidImageError("images contain NaN or infinite values")
+        lo, hi = float(X.min()), float(X.max())
+        if lo < 0 or hi > 1:
+            raise InvalidImageError(
+                f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                "divide 0..255 data by 255 or pass it as uint8"
+            )
+        t = from_numpy(X, dtype=np.float32)
+    else:
+        raise InvalidImageError(
+            f"images must be uint8 or float arrays or a list of file paths, got dtype {X.dtype}"
+        )
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    return t
+
+
+def n_images(X):
+    """Number of images in ``X`` without loading them."""
+    if _is_path_list(X):
+        return len(X)
+    if isinstance(X, torch.Tensor):
+        return X.shape[0]
+    X = np.asarray(X) if not hasattr(X, "shape") else X
+    if X.ndim < 2:
+        raise InvalidImageError(
+            f"expected a batch of images, got an array of shape {X.shape}"
+        )
+    return X.shape[0]
+
+
+def as_image_batches(X, batch_size, resize=None, crop=None, interpolation="bicubic"):
+    """Yield float32 ``(b, 3, H, W)`` tensors in [0, 1], resized and cropped.
+
+    Paths are read one batch at a time, so memory does not grow with the number of images.
+
+    Parameters
+    ----------
+    X : array-like or list of paths
+        Images in one of the forms the module docstring lists.
+    batch_size : int
+        Images per yielded tensor.
+    resize, crop, interpolation
+        As in :func:`resize_and_crop`.
+
+    Yields
+    ------
+    batch : torch.Tensor of shape (b, 3, H, W)
+    """
+    n = n_images(X)
+    if n == 0:
+        raise InvalidImageError("got an empty set of images")
+    paths = _is_path_list(X)
+    if not paths:
+        # Validate the whole array once, up front: a NaN in the last batch should fail before
+        # minutes of work on the first ones.
+        _check_values(X)
+    for start in range(0, n, batch_size):
+        part = X[start : start + batch_size]
+        if paths:
+            tensors = [
+                resize_and_crop(_array_to_tensor(read_image(p)[None]), resize, crop, interpolation)
+                for p in part
+            ]
+            sizes = {tuple(t.shape[-2:]) for t in tensors}
+            if len(sizes) > 1:
+                raise InvalidImageError(
+                    f"images have different sizes {sorted(sizes)}; set resize (and crop) so "
+                    "every image reaches the network at the same size"
+                )
+            yield torch.cat(tensors)
+        else:
+            yield resize_and_crop(_array_to_tensor(part), resize, crop, interpolation)
+
+
+def _check_values(X):
+    X = np.asarray(X)
+    _array_to_tensor(X[:1])  # shape and dtype
+    if np.issubdtype(X.dtype, np.floating):
+        if not np.isfinite(X).all():
+            raise InvalidImageError("images contain NaN or infinite values")
+        lo, hi = float(X.min()), float(X.max())
+        if lo < 0 or hi > 1:
+            raise InvalidImageError(
+                f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                "divide 0..255 data by 255 or pass it as uint8"
+            )
+
+
+def _pair(size, name):
+    if size is None:
+        return None
+    if isinstance(size, Integral):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 1:
+        raise InvalidImageError(f"{name} must be a positive int or (height, width), got {size}")
+    return size
+
+
+def resize_and_crop(images, resize=None, crop=None, interpolation="bicubic"):
+    """Resize to ``resize`` then center-crop to ``crop``, as the PaDiM paper preprocesses.
+
+    Parameters
+    ----------
+    images : torch.Tensor of shape (n, c, H, W)
+        Float images in [0, 1] (or masks as float).
+    resize : int, (int, int) or None, default=None
+        Target size; an int gives a square, as the paper resizes MVTec AD to 256x256.
+        None keeps the size.
+    crop : int, (int, int) or None, default=None
+        Center crop applied after resizing; None keeps everything.
+    interpolation : {"bicubic", "bilinear", "nearest"}, default="bicubic"
+        Resampling filter. Bicubic and bilinear are antialiased when shrinking, like PIL;
+        bicubic output is clipped back to [0, 1].
+
+    Returns
+    -------
+    images : torch.Tensor of shape (n, c, h, w)
+    """
+    if interpolation not in _INTERPOLATIONS:
+        raise InvalidImageError(
+            f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}"
+        )
+    resize, crop = _pair(resize, "resize"), _pair(crop, "crop")
+    if resize is not None and tuple(images.shape[-2:]) != resize:
+        if interpolation == "nearest":
+            images = F.interpolate(images, size=resize, mode="nearest-exact")
+        else:
+            images = F.interpolate(
+                images, size=resize, mode=interpolation, align_corners=False, antialias=True
+            )
+            if interpolation == "bicubic":
+                images = images.clamp_(0, 1)
+    if crop is not None:
+        h, w = images.shape[-2:]
+        ch, cw = crop
+        if ch > h or cw > w:
+            raise InvalidImageError(
+                f"crop {crop} is larger than the (resized) image {(h, w)}; lower crop or raise "
+                "resize"
+            )
+        top, left = (h - ch) // 2, (w - cw) // 2
+        images = images[..., top : top + ch, left : left + cw]
+    return images
+
+
+def transform_masks(masks, resize=None, crop=None):
+    """Bring ground-truth masks through the same resize and crop as the images.
+
+    Masks are resampled with nearest-neighbour interpolation, so they stay binary and a defect
+    keeps its place relative to the image content.
+
+    Parameters
+    ----------
+    masks : array-like of shape (n, H, W) or list of mask file paths
+        Non-zero marks a defective pixel.
+    resize, crop : int, (int, int) or None
+        The values given to the feature extractor (``BackboneFeatures.resize`` and ``crop``).
+
+    Returns
+    -------
+    masks : ndarray of shape (n, h, w), dtype bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.preprocessing import transform_masks
+    >>> masks = np.zeros((1, 512, 512), dtype=bool)
+    >>> masks[0, 200:300, 200:300] = True
+    >>> transform_masks(masks, resize=256, crop=224).shape
+    (1, 224, 224)
+    """
+    if _is_path_list(masks):
+        out = [
+            transform_masks(read_image(p)[None, ..., 0] > 0, resize, crop)[0] for p in masks
+        ]
+        return np.stack(out)
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise InvalidImageError(f"masks must have shape (n, H, W), got {masks.shape}")
+    t = from_numpy(masks, dtype=np.float32)[:, None]
+    t = resize_and_crop(t, resize, crop, interpolation="nearest")
+    return t[:, 0].numpy() > 0.5

@@ -1,0 +1,182 @@
+"""From patch distances to anomaly maps to image scores, shared by every detector.
+
+PaDiM, SPADE and the VAE differ in how they measure a patch's distance to normality; they agree
+on what happens next, and this module is that common part:
+
+1. :func:`upsample_maps` brings the coarse patch-grid distances to the image resolution
+   (the paper uses bicubic interpolation);
+2. :func:`gaussian_smooth` blurs them with a Gaussian filter (sigma = 4 in the paper);
+3. :func:`image_scores` reduces each map to one number (the paper takes the maximum).
+
+:func:`anomaly_maps` chains 1 and 2. Every function takes numpy arrays or torch tensors of shape
+``(n, h, w)`` and returns float32 numpy arrays; higher always means more anomalous.
+"""
+
+import numpy as np
+import scipy.ndimage
+import torch
+import torch.nn.functional as F
+
+from .exceptions import InvalidImageError
+
+__all__ = [
+    "INTERPOLATIONS",
+    "BORDER_MODES",
+    "upsample_maps",
+    "gaussian_smooth",
+    "anomaly_maps",
+    "image_scores",
+]
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+#: Border modes in :mod:`scipy.ndimage`'s vocabulary. ``"reflect"`` (d c b a | a b c d) is what
+#: the PaDiM authors' code gets from ``scipy.ndimage.gaussian_filter``; anomalib's torch blur
+#: pads with torch's "reflect", which is scipy's ``"mirror"`` (d c b | a b c d).
+BORDER_MODES = ("reflect", "mirror", "nearest", "constant", "wrap")
+
+
+def _as_tensor(maps):
+    t = maps if isinstance(maps, torch.Tensor) else torch.from_numpy(np.asarray(maps))
+    t = t.detach().to("cpu", torch.float32)
+    if t.ndim != 3:
+        raise InvalidImageError(f"maps must have shape (n, h, w), got {tuple(t.shape)}")
+    return t
+
+
+def _size(size):
+    if isinstance(size, (int, np.integer)):
+        return (int(size), int(size))
+    return tuple(int(s) for s in size)
+
+
+def upsample_maps(maps, size, interpolation="bicubic"):
+    """Resize patch-grid maps to the image resolution.
+
+    Parameters
+    ----------
+    maps : array-like or torch.Tensor of shape (n, h, w)
+        Patch-level anomaly values.
+    size : int or (int, int)
+        Output (height, width); an int gives a square.
+    interpolation : {"bicubic", "bilinear", "nearest"}, default="bicubic"
+        The paper resizes maps bicubically; anomalib uses bilinear. Corners are not aligned
+        (``align_corners=False``), so each patch value sits at its receptive field's centre.
+
+    Returns
+    -------
+    maps : ndarray of shape (n, H, W), dtype float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.scoring import upsample_maps
+    >>> upsample_maps(np.ones((2, 4, 4)), 16).shape
+    (2, 16, 16)
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise InvalidImageError(
+            f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
+        )
+    t = _as_tensor(maps)
+    size = _size(size)
+    if tuple(t.shape[-2:]) == size:
+        return t.numpy().copy()
+    kwargs = {} if interpolation == "nearest" else {"align_corners": False}
+    mode = "nearest-exact" if interpolation == "nearest" else interpolation
+    return F.interpolate(t[:, None], size=size, mode=mode, **kwargs)[:, 0].numpy()
+
+
+def gaussian_smooth(maps, sigma=4.0, truncate=4.0, mode="reflect", cval=0.0):
+    """Blur each map with a 2-D Gaussian filter (:func:`scipy.ndimage.gaussian_filter`).
+
+    Parameters
+    ----------
+    maps : array-like or torch.Tensor of shape (n, H, W)
+        Anomaly maps.
+    sigma : float, default=4.0
+        Standard deviation in pixels (the paper's value). 0 disables the filter.
+    truncate : float, default=4.0
+        The kernel reaches ``int(truncate * sigma + 0.5)`` pixels each side (a 33-tap kernel for
+        the defaults, as in scipy and anomalib).
+    mode : {"reflect", "mirror", "nearest", "constant", "wrap"}, default="reflect"
+        Border handling, named as in :mod:`scipy.ndimage`.
+    cval : float, default=0.0
+        Fill value for ``mode="constant"``.
+
+    Returns
+    -------
+    maps : ndarray of shape (n, H, W), dtype float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.scoring import gaussian_smooth
+    >>> spike = np.zeros((1, 9, 9)); spike[0, 4, 4] = 1.0
+    >>> out = gaussian_smooth(spike, sigma=1.0)
+    >>> bool(out[0, 4, 4] < 1.0), round(float(out.sum()), 5)
+    (True, 1.0)
+    """
+    if mode not in BORDER_MODES:
+        raise InvalidImageError(f"mode must be one of {BORDER_MODES}, got {mode!r}")
+    maps = _as_tensor(maps).numpy()
+    if sigma == 0:
+        return maps.copy()
+    # sigma 0 along the first axis: each map is filtered on its own.
+    return scipy.ndimage.gaussian_filter(
+        maps, sigma=(0, sigma, sigma), truncate=truncate, mode=mode, cval=cval
+    )
+
+
+def anomaly_maps(
+    distances, size, interpolation="bicubic", sigma=4.0, truncate=4.0, mode="reflect"
+):
+    """Patch distances to smoothed anomaly maps at image resolution (upsample, then blur).
+
+    Parameters
+    ----------
+    distances : array-like or torch.Tensor of shape (n, h, w)
+        Patch-level distances to normality, higher = more anomalous.
+    size : int or (int, int)
+        Output resolution, normally the size of the image the network saw.
+    interpolation : {"bicubic", "bilinear", "nearest"}, default="bicubic"
+        See :func:`upsample_maps`.
+    sigma, truncate, mode
+        See :func:`gaussian_smooth`.
+
+    Returns
+    -------
+    maps : ndarray of shape (n, H, W), dtype float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.scoring import anomaly_maps, image_scores
+    >>> d = np.zeros((1, 8, 8)); d[0, 2, 5] = 10.0
+    >>> maps = anomaly_maps(d, 32)
+    >>> maps.shape, np.unravel_index(maps[0].argmax(), maps[0].shape)
+    ((1, 32, 32), (np.int64(10), np.int64(21)))
+    """
+    maps = upsample_maps(distances, size, interpolation)
+    return gaussian_smooth(maps, sigma=sigma, truncate=truncate, mode=mode)
+
+
+def image_scores(maps):
+    """Image-level anomaly scores: the maximum of each map, as in the paper.
+
+    Parameters
+    ----------
+    maps : array-like or torch.Tensor of shape (n, H, W)
+
+    Returns
+    -------
+    scores : ndarray of shape (n,), dtype float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.scoring import image_scores
+    >>> image_scores(np.arange(8.0).reshape(2, 2, 2)).tolist()
+    [3.0, 7.0]
+    """
+    t = _as_tensor(maps)
+    return t.reshape(t.shape[0], -1).amax(dim=1).numpy()
