@@ -9,6 +9,7 @@ paper's settings::
 scores them (image/pixel AUROC, PRO).
 """
 
+from .decomposition import PatchPCA
 from .features import BackboneFeatures
 from .gaussian import PatchGaussian
 from .model_selection import NormalOnlyKFold
@@ -21,6 +22,7 @@ __all__ = [
     "BackboneFeatures",
     "RandomFeatureSelector",
     "PatchGaussian",
+    "PatchPCA",
     "NormalOnlyKFold",
     "make_padim",
     "anomaly_maps",

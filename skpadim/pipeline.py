@@ -201,7 +201,9 @@ def fit_in_batches(pipeline, X, batch_size=64, calibrate=True):
             part = transformers.fit_transform(part) if i == 0 else transformers.transform(part)
         final.partial_fit(part)
     if calibrate:
-        scores = [final._training_scores(transformers.transform(part) if transformers else part)
+        # Detectors score their training samples their own way (PatchGaussian: leave-one-out).
+        training_scores = getattr(final, "_training_scores", final.score_samples)
+        scores = [training_scores(transformers.transform(part) if transformers else part)
                   for part in _image_slices(X, batch_size)]
         final._set_offset(np.concatenate(scores))
     return pipeline

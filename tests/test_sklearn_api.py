@@ -4,7 +4,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skpadim import BackboneFeatures, PatchGaussian, RandomFeatureSelector, make_padim
+from skpadim import BackboneFeatures, PatchGaussian, PatchPCA, RandomFeatureSelector, make_padim
 
 
 @parametrize_with_checks(
@@ -16,6 +16,7 @@ from skpadim import BackboneFeatures, PatchGaussian, RandomFeatureSelector, make
         # (tested in test_gaussian.py).
         PatchGaussian(calibration="in-sample"),
         PatchGaussian(calibration="in-sample", storage_dtype="float16", batch_size=3),
+        PatchPCA(n_components=1),
     ]
 )
 def test_sklearn_compatible_estimator(estimator, check):
@@ -25,6 +26,7 @@ def test_sklearn_compatible_estimator(estimator, check):
 ESTIMATORS = [
     BackboneFeatures(backbone="efficientnet_lite0", weights=None, crop=None),
     RandomFeatureSelector(5),
+    PatchPCA(10),
     PatchGaussian(reg_covar=0.1),
     make_padim("R18-Rd100", weights=None, random_state=3),
 ]
