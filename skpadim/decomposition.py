@@ -4,11 +4,16 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+)
+from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, _fit_context
 from ._torch import from_numpy
+from ._validation import validate_feature_maps
 from .exceptions import InvalidImageError
 
 __all__ = ["PatchPCA"]
@@ -71,13 +76,7 @@ class PatchPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.batch_size = batch_size
 
     def _validate(self, X, reset):
-        X = validate_data(self, X, reset=reset, allow_nd=True, dtype=[np.float64, np.float32])
-        if X.ndim not in (2, 4):
-            raise InvalidImageError(
-                f"expected feature maps (n, channels, h, w) or vectors (n, features), got "
-                f"shape {X.shape}"
-            )
-        return X
+        return validate_feature_maps(self, X, reset=reset, dtype=[np.float64, np.float32])
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):

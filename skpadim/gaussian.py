@@ -18,11 +18,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, StrOptions, _fit_context
 from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
-from ._torch import from_numpy
+from ._torch import from_numpy, resolve_device
+from ._validation import validate_feature_maps
 from .exceptions import InvalidImageError
 
 __all__ = [
@@ -62,8 +63,8 @@ class PatchMoments(NamedTuple):
         """Moments of no samples, to be summed around ``shift`` (positions, features)."""
         shift = shift.to(torch.float64)
         p, d = shift.shape
-        return cls(0, shift, torch.zeros(p, d, dtype=torch.float64),
-                   torch.zeros(p, d, d, dtype=torch.float64))
+        zeros = dict(dtype=torch.float64, device=shift.device)
+        return cls(0, shift, torch.zeros(p, d, **zeros), torch.zeros(p, d, d, **zeros))
 
     @classmethod
     def from_mean_covariance(cls, count, mean, covariance):
@@ -244,6 +245,10 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
     storage_dtype : {"float32", "float16"}, default="float32"
         Precision in which the Cholesky factors are stored. float16 halves the fitted model's
         size at a small cost in accuracy (see ``benchmarks/bench_padim.py``).
+    device : str, default="auto"
+        Where moments are accumulated and distances computed: "auto" uses CUDA when
+        available, else the CPU. Results come back as CPU arrays and the fitted model is
+        stored on the CPU, so it loads anywhere.
 
     Attributes
     ----------
@@ -291,6 +296,7 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "storage_dtype": [StrOptions({"float32", "float16"})],
         "calibration": [StrOptions({"leave-one-out", "in-sample"})],
+        "device": [str, torch.device],
         **MAP_PARAMETER_CONSTRAINTS,
     }
 
@@ -306,6 +312,7 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         truncate=4.0,
         mode="reflect",
         storage_dtype="float32",
+        device="auto",
     ):
         self.reg_covar = reg_covar
         self.contamination = contamination
@@ -317,22 +324,12 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         self.truncate = truncate
         self.mode = mode
         self.storage_dtype = storage_dtype
+        self.device = device
 
     # ------------------------------------------------------------------ input handling
     def _validate(self, X, reset):
-        X = validate_data(
-            self,
-            X,
-            reset=reset,
-            allow_nd=True,
-            dtype=[np.float64, np.float32],
-            ensure_min_samples=2 if reset else 1,
-        )
-        if X.ndim not in (2, 4):
-            raise InvalidImageError(
-                f"expected feature maps (n, channels, h, w) or vectors (n, features), got "
-                f"shape {X.shape}"
-            )
+        X = validate_feature_maps(self, X, reset=reset, dtype=[np.float64, np.float32],
+                                  ensure_min_samples=2 if reset else 1)
         shape = (1, 1) if X.ndim == 2 else X.shape[2:]
         if not reset and ((X.ndim == 2) != self._flat_ or shape != self.grid_shape_):
             raise InvalidImageError(
@@ -419,10 +416,13 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
 
     def _accumulate(self, X):
         moments = self.__dict__.get("_moments")
+        device = resolve_device(self.device)
         if moments is None and hasattr(self, "n_samples_seen_"):
             moments = self._moments_from_fitted()
+        if moments is not None and moments.sum.device != device:
+            moments = PatchMoments(*(t.to(device) if torch.is_tensor(t) else t for t in moments))
         for start in range(0, X.shape[0], self.batch_size):
-            batch = self._positions_first(X[start : start + self.batch_size])
+            batch = self._positions_first(X[start : start + self.batch_size]).to(device)
             if moments is None:
                 moments = PatchMoments.empty(batch.to(torch.float64).mean(dim=1))
             moments = moments.update(batch)
@@ -438,8 +438,8 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         packed = []
         for start in range(0, moments.sum.shape[0], chunk):
             cov = moments.covariance(slice(start, start + chunk))
-            packed.append(_pack_upper(precision_cholesky(cov, self.reg_covar)).to(dtype))
-        self.mean_ = moments.mean.to(torch.float32).numpy()
+            packed.append(_pack_upper(precision_cholesky(cov, self.reg_covar)).to(dtype).cpu())
+        self.mean_ = moments.mean.to(torch.float32).cpu().numpy()
         self._packed_chol = torch.cat(packed)
         self.reg_covar_ = float(self.reg_covar)
         self.__dict__.pop("_chol_cache", None)
@@ -472,11 +472,11 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         V = torch.linalg.solve_triangular(U.transpose(-1, -2), eye, upper=False)
         return V @ V.transpose(-1, -2)
 
-    def _chol(self, dtype):
+    def _chol(self, dtype, device="cpu"):
         """Unpacked factors; cached in memory (not on disk) since scoring reads them often."""
         cache = self.__dict__.get("_chol_cache")
-        if cache is None or cache.dtype != dtype:
-            cache = _unpack_upper(self._packed_chol, self.mean_.shape[1], dtype)
+        if cache is None or cache.dtype != dtype or cache.device != torch.device(device):
+            cache = _unpack_upper(self._packed_chol, self.mean_.shape[1], dtype).to(device)
             self._chol_cache = cache
         return cache
 
@@ -494,13 +494,14 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         # 2-D input is one position: float64 costs nothing there and keeps sklearn's
         # batch-invariance checks exact.
         dtype = torch.float64 if X.ndim == 2 else torch.float32
-        mean = torch.from_numpy(self.mean_).to(dtype)
-        chol = self._chol(dtype)
+        device = resolve_device(self.device)
+        mean = torch.from_numpy(self.mean_).to(device, dtype)
+        chol = self._chol(dtype, device)
         out = []
         with torch.inference_mode():
             for start in range(0, X.shape[0], self.batch_size):
-                batch = self._positions_first(X[start : start + self.batch_size]).to(dtype)
-                out.append(mahalanobis(batch, mean, chol).T)
+                batch = self._positions_first(X[start : start + self.batch_size])
+                out.append(mahalanobis(batch.to(device, dtype), mean, chol).T.cpu())
         d = torch.cat(out).numpy()
         return d[:, 0] if X.ndim == 2 else d.reshape(X.shape[0], *shape)
 

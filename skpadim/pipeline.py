@@ -70,8 +70,10 @@ def make_padim(
         Channels kept by the random selection; "auto" takes the paper's value for the
         backbone (100 for ResNet18, 550 for Wide ResNet-50-2, all for EfficientNet-B5,
         100 for Lite0); None keeps all.
-    layers, weights, resize, crop, batch_size, device, verbose
+    layers, weights, resize, crop, batch_size, verbose
         Passed to :class:`BackboneFeatures`.
+    device : str, default="auto"
+        Where the backbone and the Gaussians compute ("auto": CUDA when available).
     interpolation : {"bicubic", "bilinear", "nearest"}, default="bicubic"
         Used both to resize images and to upsample distance maps, as in the paper.
     reg_covar, contamination, sigma, mode, storage_dtype
@@ -110,7 +112,7 @@ def make_padim(
         PatchGaussian(
             reg_covar=reg_covar, contamination=contamination, batch_size=batch_size,
             map_size=map_size, interpolation=interpolation, sigma=sigma, mode=mode,
-            storage_dtype=storage_dtype,
+            storage_dtype=storage_dtype, device=device,
         ),
     )
 

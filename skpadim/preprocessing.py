@@ -11,6 +11,7 @@ Masks go through :func:`transform_masks`, the same geometry as the images, so me
 compare like with like.
 """
 
+import contextlib
 import os
 from numbers import Integral
 
@@ -21,9 +22,41 @@ import torch.nn.functional as F
 from ._torch import from_numpy
 from .exceptions import DatasetError, InvalidImageError
 
-__all__ = ["read_image", "as_image_batches", "resize_and_crop", "transform_masks"]
+__all__ = ["read_image", "image_size", "as_image_batches", "resize_and_crop", "transform_masks"]
 
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+@contextlib.contextmanager
+def _open_image(path):
+    """PIL's ``Image.open``, with its many failure modes turned into one error naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            yield img
+    except FileNotFoundError as exc:
+        raise DatasetError(f"image file not found: {os.fspath(path)!r}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(
+            f"cannot read image {os.fspath(path)!r} ({exc}); is the file complete and an image?"
+        ) from exc
+
+
+def image_size(path):
+    """``(height, width)`` of an image file, read from its header only.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    size : tuple of int
+    """
+    with _open_image(path) as img:
+        width, height = img.size
+    return height, width
 
 
 def read_image(path):
@@ -46,21 +79,15 @@ def read_image(path):
     DatasetError
         If the file is missing or cannot be decoded as an image.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"))
-    except FileNotFoundError as exc:
-        raise DatasetError(f"image file not found: {os.fspath(path)!r}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(
-            f"cannot read image {os.fspath(path)!r} ({exc}); is the file complete and an image?"
-        ) from exc
+    with _open_image(path) as img:
+        img.load()
+        # A writable copy: torch warns on read-only arrays.
+        return np.array(img.convert("RGB"))
 
 
 def _is_path_list(X):
+    if isinstance(X, np.ndarray):
+        return X.ndim == 1 and X.dtype.kind in "U"
     return isinstance(X, (list, tuple)) and len(X) > 0 and all(
         isinstance(x, (str, os.PathLike)) for x in X
     )
@@ -88,14 +115,7 @@ def _array_to_tensor(X):
             raise InvalidImageError(
                 f"float images must have shape (n, 3, H, W) or (n, 1, H, W), got {X.shape}{hint}"
             )
-        if not np.isfinite(X).all():
-            raise InvalidImageError("images contain NaN or infinite values")
-        lo, hi = float(X.min()), float(X.max())
-        if lo < 0 or hi > 1:
-            raise InvalidImageError(
-                f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
-                "divide 0..255 data by 255 or pass it as uint8"
-            )
+        _check_float_range(X)
         t = from_numpy(X, dtype=np.float32)
     else:
         raise InvalidImageError(
@@ -164,18 +184,22 @@ def as_image_batches(X, batch_size, resize=None, crop=None, interpolation="bicub
             yield resize_and_crop(_array_to_tensor(part), resize, crop, interpolation)
 
 
+def _check_float_range(X):
+    if not np.isfinite(X).all():
+        raise InvalidImageError("images contain NaN or infinite values")
+    lo, hi = float(X.min()), float(X.max())
+    if lo < 0 or hi > 1:
+        raise InvalidImageError(
+            f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+            "divide 0..255 data by 255 or pass it as uint8"
+        )
+
+
 def _check_values(X):
     X = np.asarray(X)
     _array_to_tensor(X[:1])  # shape and dtype
     if np.issubdtype(X.dtype, np.floating):
-        if not np.isfinite(X).all():
-            raise InvalidImageError("images contain NaN or infinite values")
-        lo, hi = float(X.min()), float(X.max())
-        if lo < 0 or hi > 1:
-            raise InvalidImageError(
-                f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
-                "divide 0..255 data by 255 or pass it as uint8"
-            )
+        _check_float_range(X)
 
 
 def _pair(size, name):

@@ -28,6 +28,7 @@ __all__ = [
     "image_scores",
 ]
 
+#: Interpolation modes :func:`upsample_maps` accepts.
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 #: Border modes in :mod:`scipy.ndimage`'s vocabulary. ``"reflect"`` (d c b a | a b c d) is what
 #: the PaDiM authors' code gets from ``scipy.ndimage.gaussian_filter``; anomalib's torch blur

@@ -5,9 +5,10 @@ from numbers import Integral
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, _fit_context
+from ._validation import validate_feature_maps
 from .exceptions import InvalidImageError
 
 __all__ = ["RandomFeatureSelector"]
@@ -62,14 +63,7 @@ class RandomFeatureSelector(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     def _validate(self, X, reset):
-        X = validate_data(self, X, reset=reset, allow_nd=True, dtype="numeric",
-                          ensure_all_finite=True)
-        if X.ndim not in (2, 4):
-            raise InvalidImageError(
-                f"expected feature maps (n, channels, h, w) or vectors (n, features), got "
-                f"shape {X.shape}"
-            )
-        return X
+        return validate_feature_maps(self, X, reset=reset, dtype="numeric")
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):

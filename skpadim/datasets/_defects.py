@@ -14,6 +14,7 @@ Sizes are fractions of the image side, so small images get proportionally small 
 
 import numpy as np
 
+#: The kinds of defect :func:`~skpadim.datasets.make_texture_defects` can draw.
 DEFECT_TYPES = ("scratch", "stain", "hole", "crack")
 
 MIN_COVERAGE = 0.25

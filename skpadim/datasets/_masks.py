@@ -6,7 +6,7 @@ from numbers import Integral
 import numpy as np
 
 from ..exceptions import DatasetError, InvalidImageError
-from ..preprocessing import read_image
+from ..preprocessing import image_size, read_image
 
 __all__ = ["read_masks"]
 
@@ -81,22 +81,6 @@ def read_masks(mask_refs, image_paths):
 
 def _hw(shape):
     return f"{shape[0]}x{shape[1]} (height x width)"
-
-
-def image_size(path):
-    """``(height, width)`` of an image file, from its header only."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except FileNotFoundError as exc:
-        raise DatasetError(f"image file not found: {os.fspath(path)!r}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(
-            f"cannot read image {os.fspath(path)!r} ({exc}); is the file complete and an image?"
-        ) from exc
-    return height, width
 
 
 def load_mask(ref, size, image, npy_cache=None):

