@@ -1016,7 +1016,10 @@ def _skip_reason(table, args):
 
 
 def run_tables(profile, args, evaluate_fn=None, log=None):
-    """Plan, measure (reusing the cache), and write the report; returns the Markdown."""
+    """Plan, measure (reusing the cache), and write the report.
+
+    Returns the report's Markdown and the keys of the measurements that failed.
+    """
     started = time.time()
     log = log or (lambda msg: print(f"[{time.time() - started:7.1f} s] {msg}",
                                     file=sys.stderr, flush=True))
@@ -1039,8 +1042,10 @@ def run_tables(profile, args, evaluate_fn=None, log=None):
     meta = _meta(args, profile, ctx, time.time() - started)
     markdown = write_report(args.out, tables, build_claims(tables),
                             {k: v for k, v in records.items() if k in used}, meta, profile)
-    log(f"report written to {os.path.join(args.out, 'report.md')}")
-    return markdown
+    failed = [key for key in used if records[key]["status"] != "ok"]
+    log(f"report written to {os.path.join(args.out, 'report.md')}"
+        + (f"; {len(failed)} measurements failed (see the report)" if failed else ""))
+    return markdown, failed
 
 
 def _meta(args, profile, ctx, elapsed):
@@ -1119,8 +1124,10 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     profile = quick_profile(args) if args.quick else paper_profile(args)
-    run_tables(profile, args)
+    _, failed = run_tables(profile, args)
+    # The report is written either way; the status tells scripts (and CI) whether it is whole.
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,8 +5,9 @@ paper's settings::
 
     BackboneFeatures -> RandomFeatureSelector -> PatchGaussian
 
-:func:`anomaly_maps` gives the per-pixel maps of a fitted pipeline; :mod:`skpadim.metrics`
-scores them (image/pixel AUROC, PRO).
+:class:`SPADE` (built by :func:`make_spade`) and :class:`VAE` are the paper's two baselines,
+with the same outlier interface. :func:`anomaly_maps` gives the per-pixel maps of any fitted
+pipeline or detector; :mod:`skpadim.metrics` scores them (image/pixel AUROC, PRO).
 """
 
 from .decomposition import PatchPCA
@@ -15,6 +16,8 @@ from .gaussian import PatchGaussian
 from .model_selection import NormalOnlyKFold
 from .pipeline import PAPER_CONFIGS, anomaly_maps, fit_in_batches, make_padim
 from .selection import RandomFeatureSelector
+from .spade import SPADE, make_spade
+from .vae import VAE
 
 __version__ = "0.1.0"
 
@@ -23,8 +26,11 @@ __all__ = [
     "RandomFeatureSelector",
     "PatchGaussian",
     "PatchPCA",
+    "SPADE",
+    "VAE",
     "NormalOnlyKFold",
     "make_padim",
+    "make_spade",
     "anomaly_maps",
     "fit_in_batches",
     "PAPER_CONFIGS",
