@@ -172,7 +172,27 @@ def _wrap(text):
 
 
 def build_parser():
-    """The argument parser of the ``skpadim`` command."""
+    """The argument parser of the ``skpadim`` command.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+        With one sub-command per command (``fit``, ``score``, ``evaluate``, ``demo``); the
+        parsed namespace's ``command`` names it and ``run`` is the function that runs it.
+
+    See Also
+    --------
+    main : Parse the arguments and run the command.
+
+    Examples
+    --------
+    >>> from skpadim.cli import build_parser
+    >>> args = build_parser().parse_args(
+    ...     ["fit", "mvtec/bottle", "--model", "bottle.joblib", "--n-features", "50",
+    ...      "--weights", "none"])
+    >>> args.command, args.data, args.model, args.n_features, args.weights, args.backbone
+    ('fit', 'mvtec/bottle', 'bottle.joblib', 50, None, 'resnet18')
+    """
     parser = argparse.ArgumentParser(
         prog="skpadim",
         description=_wrap("PaDiM image anomaly detection: fit a model on normal images, score new "
@@ -755,6 +775,25 @@ def main(argv=None):
     Returns
     -------
     status : int
+        The exit status: 0 on success, else the code of the error's kind (``EXIT_USAGE``,
+        ``EXIT_DATA``, ...). Expected errors are reported on stderr in one line, not raised.
+
+    See Also
+    --------
+    build_parser : The commands and their options.
+
+    Examples
+    --------
+    ``main`` is what the ``skpadim`` command runs; called from Python it returns the exit
+    status instead of exiting (error messages go to stderr):
+
+    >>> from skpadim.cli import main
+    >>> main(["fit", "--quiet"])                           # usage error: DATA, --model missing
+    2
+    >>> main(["fit", "no/such/folder", "--model", "model.joblib"])               # data error
+    3
+    >>> main(["score", "no/such/model.joblib", "image.png", "--out", "scores"])  # model file
+    4
     """
     parser = build_parser()
     try:

@@ -51,6 +51,21 @@ class PatchMoments(NamedTuple):
         Sum of ``x - shift``.
     sum_sq : torch.Tensor of shape (n_positions, n_features, n_features)
         Sum of the outer products ``(x - shift)(x - shift)^T``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.gaussian import PatchMoments
+    >>> X = torch.randn(3, 10, 2, dtype=torch.float64,
+    ...                 generator=torch.Generator().manual_seed(0))  # 3 positions, 10 samples
+    >>> moments = PatchMoments.empty(X[:, :4].mean(dim=1))
+    >>> moments = moments.update(X[:, :4]).update(X[:, 4:])          # two batches
+    >>> moments.count
+    10
+    >>> bool(torch.allclose(moments.mean, X.mean(dim=1)))
+    True
+    >>> bool(torch.allclose(moments.covariance()[0], torch.cov(X[0].T)))
+    True
     """
 
     count: int
@@ -112,11 +127,24 @@ def precision_cholesky(covariance, reg_covar=0.0):
     Returns
     -------
     precision_cholesky : torch.Tensor of shape (n_positions, d, d)
+        Upper-triangular factors ``U``, in the dtype and on the device of ``covariance``.
 
     Raises
     ------
     InvalidImageError
         If a regularised covariance is not positive definite.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.gaussian import precision_cholesky
+    >>> cov = torch.tensor([[[4.0, 2.0], [2.0, 3.0]]], dtype=torch.float64)
+    >>> U = precision_cholesky(cov)
+    >>> bool(torch.allclose(U @ U.mT, torch.linalg.inv(cov))), bool(torch.equal(U, U.triu()))
+    (True, True)
+    >>> singular = torch.diag(torch.tensor([3.0, 0.0]))[None]
+    >>> precision_cholesky(singular, reg_covar=1.0).tolist()      # inv(diag(4, 1)) = U U^T
+    [[[0.5, 0.0], [0.0, 1.0]]]
     """
     d = covariance.shape[-1]
     eye = torch.eye(d, dtype=covariance.dtype, device=covariance.device)
@@ -136,13 +164,25 @@ def mahalanobis(X, mean, prec_chol):
     Parameters
     ----------
     X : torch.Tensor of shape (n_positions, n_samples, d)
+        Samples, positions first.
     mean : torch.Tensor of shape (n_positions, d)
+        Each position's mean.
     prec_chol : torch.Tensor of shape (n_positions, d, d)
         Upper-triangular Cholesky factors of the precisions, from :func:`precision_cholesky`.
 
     Returns
     -------
     distances : torch.Tensor of shape (n_positions, n_samples)
+        Distances (not squared) of each sample to its position's Gaussian.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.gaussian import mahalanobis, precision_cholesky
+    >>> U = precision_cholesky(torch.diag(torch.tensor([4.0, 1.0]))[None])  # std 2 and 1
+    >>> X = torch.tensor([[[2.0, 0.0], [0.0, 3.0], [6.0, 4.0]]])             # 1 position
+    >>> mahalanobis(X, torch.zeros(1, 2), U).tolist()
+    [[1.0, 3.0, 5.0]]
     """
     # The subtraction keeps the strides of a permuted input; bmm on such a layout is several
     # times slower than on the contiguous copy.
@@ -171,6 +211,21 @@ def leave_one_out_distances(distances, n_samples):
     -------
     distances : ndarray
         Leave-one-out distances, same shape.
+
+    Examples
+    --------
+    A Gaussian refitted without the first sample is as far from it as the closed form says:
+
+    >>> import numpy as np
+    >>> from skpadim.gaussian import leave_one_out_distances
+    >>> X = np.random.RandomState(0).normal(size=(20, 3))
+    >>> def distance(x, data):
+    ...     diff = x - data.mean(axis=0)
+    ...     return np.sqrt(diff @ np.linalg.solve(np.cov(data.T), diff))
+    >>> in_sample = np.array([distance(x, X) for x in X])
+    >>> loo = leave_one_out_distances(in_sample, n_samples=20)
+    >>> bool(np.isclose(loo[0], distance(X[0], X[1:]))), bool((loo > in_sample).all())
+    (True, True)
     """
     n = n_samples
     if n < 3:

@@ -150,6 +150,25 @@ def anomaly_maps(estimator, X, batch_size=64):
     Returns
     -------
     maps : ndarray of shape (n_samples, H, W), dtype float32
+        One map per image; an image's anomaly score (``-score_samples``) is its maximum.
+
+    See Also
+    --------
+    PatchGaussian.anomaly_maps : The same maps from feature maps, for the detector alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim import make_padim, anomaly_maps
+    >>> rng = np.random.RandomState(0)
+    >>> images = rng.randint(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    >>> pipe = make_padim("efficientnet_lite0", n_features=10, weights=None, resize=32,
+    ...                   crop=None, random_state=0).fit(images)
+    >>> maps = anomaly_maps(pipe, images, batch_size=2)
+    >>> maps.shape, maps.dtype
+    ((4, 32, 32), dtype('float32'))
+    >>> bool(np.allclose(maps.max(axis=(1, 2)), -pipe.score_samples(images)))
+    True
     """
     transformers, final = _split(estimator)
     if not hasattr(final, "anomaly_maps"):
@@ -190,6 +209,24 @@ def fit_in_batches(pipeline, X, batch_size=64, calibrate=True):
     -------
     pipeline : sklearn.pipeline.Pipeline
         The fitted pipeline.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.base import clone
+    >>> from skpadim import make_padim, fit_in_batches
+    >>> rng = np.random.RandomState(0)
+    >>> images = rng.randint(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    >>> pipe = make_padim("efficientnet_lite0", n_features=10, weights=None, resize=32,
+    ...                   crop=None, random_state=0)
+    >>> pipe = fit_in_batches(pipe, images, batch_size=4)   # batches of 4 and 2 images
+    >>> pipe[-1].n_samples_seen_
+    6
+    >>> whole = clone(pipe).fit(images)                     # all images at once
+    >>> bool(np.allclose(pipe[-1].mean_, whole[-1].mean_, atol=1e-6))
+    True
+    >>> bool(np.isclose(pipe[-1].offset_, whole[-1].offset_))
+    True
     """
     transformers, final = _split(pipeline)
     if not hasattr(final, "partial_fit"):

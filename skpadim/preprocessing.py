@@ -49,10 +49,27 @@ def image_size(path):
     Parameters
     ----------
     path : str or path-like
+        The image file.
 
     Returns
     -------
     size : tuple of int
+        ``(height, width)`` in pixels.
+
+    Raises
+    ------
+    DatasetError
+        If the file is missing or is not an image.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from skpadim.preprocessing import image_size
+    >>> path = os.path.join(tempfile.mkdtemp(), "wide.png")
+    >>> Image.new("RGB", (64, 48)).save(path)      # PIL sizes are (width, height)
+    >>> image_size(path)
+    (48, 64)
     """
     with _open_image(path) as img:
         width, height = img.size
@@ -73,11 +90,24 @@ def read_image(path):
     Returns
     -------
     image : ndarray of shape (H, W, 3), dtype uint8
+        The decoded image, a writable array.
 
     Raises
     ------
     DatasetError
         If the file is missing or cannot be decoded as an image.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from skpadim.preprocessing import read_image
+    >>> path = os.path.join(tempfile.mkdtemp(), "gray.png")
+    >>> Image.fromarray(np.full((4, 6), 200, dtype=np.uint8)).save(path)   # grayscale
+    >>> image = read_image(path)
+    >>> image.shape, image.dtype, image[0, 0].tolist()
+    ((4, 6, 3), dtype('uint8'), [200, 200, 200])
     """
     with _open_image(path) as img:
         img.load()
@@ -151,12 +181,35 @@ def as_image_batches(X, batch_size, resize=None, crop=None, interpolation="bicub
         Images in one of the forms the module docstring lists.
     batch_size : int
         Images per yielded tensor.
-    resize, crop, interpolation
+    resize, crop : int, (int, int) or None, default=None
+        As in :func:`resize_and_crop`. Images read from files may differ in size; ``resize``
+        must then bring them to one.
+    interpolation : {"bicubic", "bilinear", "nearest"}, default="bicubic"
         As in :func:`resize_and_crop`.
 
     Yields
     ------
     batch : torch.Tensor of shape (b, 3, H, W)
+        float32 in [0, 1]; ``b`` is ``batch_size`` except perhaps for the last batch.
+
+    Raises
+    ------
+    InvalidImageError
+        If ``X`` is empty, has an unsupported shape or dtype, holds values outside [0, 1]
+        (float arrays), or holds files whose sizes differ after ``resize`` and ``crop``.
+    DatasetError
+        If an image file is missing or cannot be decoded.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.preprocessing import as_image_batches
+    >>> images = np.full((5, 40, 40), 255, dtype=np.uint8)    # grayscale uint8
+    >>> batches = list(as_image_batches(images, 2, resize=36, crop=32))
+    >>> [tuple(b.shape) for b in batches]
+    [(2, 3, 32, 32), (2, 3, 32, 32), (1, 3, 32, 32)]
+    >>> batches[0].dtype, float(batches[0].max())
+    (torch.float32, 1.0)
     """
     n = n_images(X)
     if n == 0:
@@ -232,6 +285,26 @@ def resize_and_crop(images, resize=None, crop=None, interpolation="bicubic"):
     Returns
     -------
     images : torch.Tensor of shape (n, c, h, w)
+        ``(h, w)`` is ``crop``, else ``resize``, else the input size.
+
+    Raises
+    ------
+    InvalidImageError
+        If ``interpolation`` is unknown, a size is not positive, or ``crop`` is larger than
+        the resized image.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.preprocessing import resize_and_crop
+    >>> images = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    >>> tuple(resize_and_crop(images, resize=36, crop=32).shape)
+    (2, 3, 32, 32)
+    >>> tuple(resize_and_crop(images, resize=(24, 32)).shape)
+    (2, 3, 24, 32)
+    >>> grid = torch.arange(16.0).reshape(1, 1, 4, 4)
+    >>> resize_and_crop(grid, crop=2).tolist()                  # the central 2 x 2
+    [[[[5.0, 6.0], [9.0, 10.0]]]]
     """
     if interpolation not in _INTERPOLATIONS:
         raise InvalidImageError(

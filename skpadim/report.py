@@ -67,6 +67,17 @@ class ScoredSet(NamedTuple):
     masks : ndarray of shape (n, H, W) or None
         Ground-truth masks at the maps' resolution (see
         :func:`skpadim.preprocessing.transform_masks`); None when the data set has none.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.report import ScoredSet
+    >>> scored = ScoredSet(labels=np.array([0, 1, 1]), scores=np.array([0.2, 0.9, 0.4]),
+    ...                    defect_types=np.array(["good", "crack", "hole"]))
+    >>> [(name, group.labels.tolist()) for name, group in scored.groups()]
+    [('all', [0, 1, 1]), ('crack', [0, 1]), ('hole', [0, 1])]
+    >>> scored.subset(scored.labels == 1).scores.tolist()
+    [0.9, 0.4]
     """
 
     labels: np.ndarray
@@ -181,6 +192,24 @@ def build_report(sets, max_fpr=0.3, info=None):
         ``{"skpadim_version", "max_fpr", "info", "sets": {name: set_metrics(...)}}``, plus
         ``"mean"``: each metric averaged over the sets where it is defined, when there are
         two sets or more.
+
+    See Also
+    --------
+    write_report : Compute the report and write it to a folder.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.report import ScoredSet, build_report
+    >>> a = ScoredSet(np.array([0, 0, 1]), np.array([0.1, 0.3, 0.5]),
+    ...               np.array(["good", "good", "crack"]))
+    >>> b = ScoredSet(np.array([0, 1, 1]), np.array([0.2, 0.1, 0.6]),
+    ...               np.array(["good", "hole", "hole"]))
+    >>> report = build_report({"a": a, "b": b}, info={"model": "example"})
+    >>> [report["sets"][name]["overall"]["image_auroc"] for name in ("a", "b")]
+    [1.0, 0.5]
+    >>> report["mean"]["image_auroc"], report["mean"]["pixel_auroc"]   # no masks: no pixels
+    (0.75, None)
     """
     from . import __version__
 
@@ -216,6 +245,19 @@ def metrics_markdown(report, per_type=True):
     Returns
     -------
     table : str
+        One row per set (and defect type), then the means when the report has them;
+        undefined metrics read ``n/a``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.report import ScoredSet, build_report, metrics_markdown
+    >>> scored = ScoredSet(np.array([0, 0, 1]), np.array([0.1, 0.3, 0.5]),
+    ...                    np.array(["good", "good", "crack"]))
+    >>> print(metrics_markdown(build_report({"bottle": scored}), per_type=False))
+    | set | defect type | normal | anomalous | image AUROC | pixel AUROC | PRO (FPR <= 0.3) |
+    |---|---|---|---|---|---|---|
+    | bottle | all | 2 | 1 | 1.000 | n/a | n/a |
     """
     header = (
         f"| set | defect type | normal | anomalous | image AUROC | pixel AUROC | "
@@ -240,10 +282,31 @@ def metrics_markdown(report, per_type=True):
 def write_metrics(report, out_dir):
     """Write ``metrics.json`` and ``metrics.md`` into ``out_dir`` (created if needed).
 
+    Parameters
+    ----------
+    report : dict
+        From :func:`build_report`.
+    out_dir : str or path-like
+        The report folder; files already there are overwritten.
+
     Returns
     -------
     paths : list of str
         The two files written.
+
+    Examples
+    --------
+    >>> import json, os, tempfile
+    >>> import numpy as np
+    >>> from skpadim.report import ScoredSet, build_report, write_metrics
+    >>> scored = ScoredSet(np.array([0, 0, 1]), np.array([0.1, 0.3, 0.5]),
+    ...                    np.array(["good", "good", "crack"]))
+    >>> paths = write_metrics(build_report({"bottle": scored}), tempfile.mkdtemp())
+    >>> [os.path.basename(path) for path in paths]
+    ['metrics.json', 'metrics.md']
+    >>> with open(paths[0]) as f:
+    ...     json.load(f)["sets"]["bottle"]["overall"]["image_auroc"]
+    1.0
     """
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "metrics.json")
@@ -294,14 +357,35 @@ def plot_curves(sets, out_dir, max_fpr=0.3):
     Parameters
     ----------
     sets : dict of str to ScoredSet
+        Named test sets; pixel curves need their maps and masks.
     out_dir : str or path-like
         Created if needed.
     max_fpr : float, default=0.3
+        False positive rate up to which the PRO curve is drawn and integrated.
 
     Returns
     -------
     paths : list of str
         The plot files written.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from skpadim.report import ScoredSet, plot_curves
+    >>> masks = np.zeros((4, 8, 8), dtype=bool)
+    >>> masks[2:, 2:5, 2:5] = True                                   # two defective images
+    >>> maps = np.random.RandomState(0).rand(4, 8, 8) + masks
+    >>> scored = ScoredSet(np.array([0, 0, 1, 1]), maps.max(axis=(1, 2)),
+    ...                    np.array(["good", "good", "crack", "crack"]), maps, masks)
+    >>> paths = plot_curves({"bottle": scored}, tempfile.mkdtemp())
+    >>> [os.path.basename(path) for path in paths]
+    ['roc.png', 'pro.png']
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -375,7 +459,9 @@ def write_report(out_dir, sets, max_fpr=0.3, info=None, plots=True):
     out_dir : str or path-like
         The report folder, created if needed.
     sets : dict of str to ScoredSet
+        Named test sets.
     max_fpr : float, default=0.3
+        As in :func:`set_metrics`.
     info : dict or None, default=None
         Description copied into the report.
     plots : bool, default=True
@@ -385,6 +471,22 @@ def write_report(out_dir, sets, max_fpr=0.3, info=None, plots=True):
     -------
     report : dict
         As :func:`build_report` returns it.
+
+    See Also
+    --------
+    write_metrics, plot_curves : The two halves, on their own.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from skpadim.report import ScoredSet, write_report
+    >>> scored = ScoredSet(np.array([0, 0, 1]), np.array([0.1, 0.3, 0.5]),
+    ...                    np.array(["good", "good", "crack"]))
+    >>> out = tempfile.mkdtemp()
+    >>> report = write_report(out, {"bottle": scored}, info={"model": "example"}, plots=False)
+    >>> report["sets"]["bottle"]["overall"]["image_auroc"], sorted(os.listdir(out))
+    (1.0, ['metrics.json', 'metrics.md'])
     """
     report = build_report(sets, max_fpr=max_fpr, info=info)
     write_metrics(report, out_dir)
@@ -414,6 +516,18 @@ def heat_range(model, low=0.5):
     Returns
     -------
     vmin, vmax : float
+        The heat range; ``vmax`` is 1 when the threshold is not positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim import PatchGaussian
+    >>> from skpadim.report import heat_range
+    >>> X = np.random.RandomState(0).normal(size=(20, 4, 2, 2))
+    >>> model = PatchGaussian().fit(X)
+    >>> vmin, vmax = heat_range(model)
+    >>> bool(np.isclose(vmax, -model.offset_)), bool(np.isclose(vmin, vmax / 2))
+    (True, True)
     """
     final = model[-1] if hasattr(model, "steps") else model
     threshold = -float(final.offset_)
@@ -460,6 +574,7 @@ def overlay_image(image, anomaly_map, mask=None, *, vmin, vmax, max_alpha=0.65, 
         The image as the network saw it (after resize and crop): uint8 ``(H, W, 3)`` or
         ``(H, W)``, or float ``(3, H, W)`` or ``(H, W, 3)`` in [0, 1].
     anomaly_map : ndarray of shape (H, W)
+        The image's anomaly map, at the image's resolution.
     mask : ndarray of shape (H, W) or None, default=None
         Ground truth at the same resolution.
     vmin, vmax : float
@@ -473,6 +588,24 @@ def overlay_image(image, anomaly_map, mask=None, *, vmin, vmax, max_alpha=0.65, 
     Returns
     -------
     overlay : ndarray of shape (H * scale, W * scale, 3), dtype uint8
+        The painted RGB image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.report import overlay_image
+    >>> image = np.full((4, 4, 3), 128, dtype=np.uint8)              # grey
+    >>> anomaly_map = np.zeros((4, 4))
+    >>> anomaly_map[0, 0] = 1.0                                      # full heat
+    >>> mask = np.zeros((4, 4), dtype=bool)
+    >>> mask[3, 3] = True
+    >>> out = overlay_image(image, anomaly_map, mask, vmin=0.5, vmax=1.0, scale=2)
+    >>> out.shape, out.dtype
+    ((8, 8, 3), dtype('uint8'))
+    >>> out[0, 0].tolist()                                           # red paint over grey
+    [186, 45, 45]
+    >>> out[5, 6].tolist(), out[6, 6].tolist()       # the outline; the defect itself stays
+    ([0, 255, 255], [128, 128, 128])
     """
     rgb = _as_rgb(image)
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
@@ -509,7 +642,13 @@ def save_overlay(path, image, anomaly_map, mask=None, *, vmin, vmax, min_size=25
     ----------
     path : str or path-like
         The PNG file; its folder is created if needed.
-    image, anomaly_map, mask, vmin, vmax
+    image : ndarray
+        As in :func:`overlay_image`.
+    anomaly_map : ndarray of shape (H, W)
+        As in :func:`overlay_image`.
+    mask : ndarray of shape (H, W) or None, default=None
+        As in :func:`overlay_image`.
+    vmin, vmax : float
         As in :func:`overlay_image`.
     min_size : int, default=256
         Images smaller than this (on their short side) are upscaled by an integer factor.
@@ -520,6 +659,20 @@ def save_overlay(path, image, anomaly_map, mask=None, *, vmin, vmax, min_size=25
     Returns
     -------
     path : str
+        The file written.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from skpadim.report import save_overlay
+    >>> path = os.path.join(tempfile.mkdtemp(), "overlays", "part.png")
+    >>> _ = save_overlay(path, np.zeros((32, 32, 3), dtype=np.uint8), np.ones((32, 32)),
+    ...                  vmin=0.5, vmax=1.0, text={"anomaly_score": "1"})
+    >>> with Image.open(path) as png:                                # upscaled 8 x to 256
+    ...     png.size, png.text["heat_vmax"], png.text["anomaly_score"]
+    ((256, 256), '1', '1')
     """
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
@@ -546,12 +699,25 @@ def select_for_overlays(scored, per_type=2):
     Parameters
     ----------
     scored : ScoredSet
+        The test set with its scores.
     per_type : int, default=2
+        Images chosen per defect type and among normal images.
 
     Returns
     -------
     indices : list of int
-        Normal images first, then defect types in order of first appearance.
+        Normal images first, then defect types in order of first appearance; within each,
+        highest score first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.report import ScoredSet, select_for_overlays
+    >>> scored = ScoredSet(np.array([0, 0, 0, 1, 1, 1]),
+    ...                    np.array([0.1, 0.5, 0.3, 0.9, 0.2, 0.7]),
+    ...                    np.array(["good", "good", "good", "crack", "hole", "crack"]))
+    >>> select_for_overlays(scored, per_type=1)
+    [1, 3, 4]
     """
     labels = np.asarray(scored.labels).astype(bool)
     types = np.asarray(scored.defect_types)

@@ -65,6 +65,34 @@ class ConvVAE(nn.Module):
         Stride-2 transposed convolutions in the decoder: 5 undoes ResNet's stride 32.
     base_channels : int, default=16
         Width of the last decoder stage; each earlier stage doubles it.
+
+    Attributes
+    ----------
+    encoder : torch.nn.Module
+        As given.
+    mu, logvar : torch.nn.Conv2d
+        1x1 convolutions from the code to the latent mean and log-variance.
+    decoder : torch.nn.Sequential
+        Latent code to ``(n, 3, H, W)`` images in [0, 1].
+
+    See Also
+    --------
+    VAE : The scikit-learn estimator that builds and trains this model.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.backbones import build_trunk
+    >>> from skpadim.vae import ConvVAE
+    >>> encoder = build_trunk("resnet18", ["layer4"], weights=None)
+    >>> model = ConvVAE(encoder, latent_channels=4).eval()
+    >>> x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    >>> with torch.no_grad():
+    ...     reconstruction, mu, logvar = model(x)
+    >>> tuple(reconstruction.shape), tuple(mu.shape)              # stride 32: a 2 x 2 code
+    ((2, 3, 64, 64), (2, 4, 2, 2))
+    >>> bool(reconstruction.min() >= 0 and reconstruction.max() <= 1)
+    True
     """
 
     def __init__(self, encoder, latent_channels=32, encoder_channels=_ENCODER_CHANNELS,
@@ -141,7 +169,28 @@ def elbo_loss(x, reconstruction, mu, logvar, kl_weight=1.0):
 
 
 def reconstruction_errors(x, reconstruction):
-    """Per-pixel L2 norm of the reconstruction error over channels: ``(n, H, W)``."""
+    """Per-pixel L2 norm of the reconstruction error over channels: ``(n, H, W)``.
+
+    Parameters
+    ----------
+    x, reconstruction : torch.Tensor of shape (n, c, H, W)
+        Images and their reconstructions.
+
+    Returns
+    -------
+    errors : torch.Tensor of shape (n, H, W)
+        ``||x - reconstruction||`` over the channels at each pixel.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.vae import reconstruction_errors
+    >>> x = torch.zeros(1, 3, 2, 2)
+    >>> reconstruction = x.clone()
+    >>> reconstruction[0, :, 0, 1] = torch.tensor([3.0, 4.0, 0.0])
+    >>> reconstruction_errors(x, reconstruction).tolist()
+    [[[0.0, 5.0], [0.0, 0.0]]]
+    """
     return torch.linalg.vector_norm(x - reconstruction, dim=1)
 
 
@@ -247,14 +296,26 @@ def train_vae(module, images, *, crop, random_crop, rotation, n_epochs, n_per_ep
     images : torch.Tensor of shape (n, 3, H, W), uint8
         Resized training images, on the CPU; batches are augmented with
         :func:`augment_batch` and moved to ``device``.
-    crop, random_crop, rotation
-        See :func:`augment_batch`.
-    n_epochs, n_per_epoch, batch_size, learning_rate, kl_weight
-        Epochs, augmented images per epoch, images per step, Adam's step size, and the
-        weight of :func:`elbo_loss`'s KL term.
+    crop : (int, int)
+        Size of the network's input; see :func:`augment_batch`.
+    random_crop : (int, int) or None
+        Size of the random crop; see :func:`augment_batch`.
+    rotation : float
+        Largest random rotation in degrees; see :func:`augment_batch`.
+    n_epochs : int
+        Epochs.
+    n_per_epoch : int
+        Augmented images per epoch, drawn by shuffled passes over ``images``.
+    batch_size : int
+        Images per step (a last batch of one image joins the one before).
+    learning_rate : float
+        Adam's step size.
+    kl_weight : float
+        Weight of :func:`elbo_loss`'s KL term.
     generator : torch.Generator
         CPU generator for shuffling, augmentation and latent sampling.
     device : torch.device
+        Where ``module`` is moved and trained.
     verbose : bool, default=False
         Show a progress bar.
 
@@ -262,6 +323,26 @@ def train_vae(module, images, *, crop, random_crop, rotation, n_epochs, n_per_ep
     -------
     loss_curve : list of float
         Mean :func:`elbo_loss` over each epoch's images.
+
+    Examples
+    --------
+    A tiny stride-8 encoder stands in for ResNet18, so the example trains in milliseconds:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from skpadim.backbones import FeatureTrunk
+    >>> from skpadim.vae import ConvVAE, train_vae
+    >>> images = torch.randint(0, 256, (4, 3, 36, 36), dtype=torch.uint8,
+    ...                        generator=torch.Generator().manual_seed(0))
+    >>> encoder = FeatureTrunk([("conv", nn.Conv2d(3, 16, 8, stride=8))], ["conv"],
+    ...                        mean=(0.5,) * 3, std=(0.25,) * 3)
+    >>> module = ConvVAE(encoder, latent_channels=4, encoder_channels=16, n_upsamplings=3)
+    >>> curve = train_vae(module, images, crop=(32, 32), random_crop=(34, 34), rotation=2.0,
+    ...                   n_epochs=1, n_per_epoch=4, batch_size=4, learning_rate=1e-3,
+    ...                   kl_weight=1.0, generator=torch.Generator().manual_seed(0),
+    ...                   device=torch.device("cpu"))
+    >>> len(curve), curve[0] > 0, module.training
+    (1, True, True)
     """
     module.to(device).train()
     optimizer = _adam(module.parameters(), learning_rate)

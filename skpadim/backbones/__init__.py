@@ -111,7 +111,37 @@ def _spec(backbone):
 
 
 def default_layers(backbone):
-    """The layers the PaDiM paper (or, for Lite0, skpadim) taps on ``backbone``."""
+    """The layers the PaDiM paper (or, for Lite0, skpadim) taps on ``backbone``.
+
+    Parameters
+    ----------
+    backbone : str
+        One of :data:`BACKBONES`.
+
+    Returns
+    -------
+    layers : tuple of str
+        Layer names, shallowest first, as :func:`build_trunk` accepts them.
+
+    Raises
+    ------
+    SkpadimError
+        If ``backbone`` is unknown.
+
+    See Also
+    --------
+    backbone_layers : Every layer name a backbone accepts.
+
+    Examples
+    --------
+    >>> from skpadim.backbones import default_layers
+    >>> default_layers("resnet18")
+    ('layer1', 'layer2', 'layer3')
+    >>> default_layers("efficientnet_b5")
+    ('blocks.7', 'blocks.20', 'blocks.26')
+    >>> default_layers("efficientnet_lite0")
+    ('stage2', 'stage3', 'stage5')
+    """
     return _spec(backbone).default_layers
 
 
@@ -122,7 +152,40 @@ def normalisation(backbone):
 
 
 def backbone_layers(backbone):
-    """Every layer name ``backbone`` accepts, in forward order, aliases last."""
+    """Every layer name ``backbone`` accepts, in forward order, aliases last.
+
+    The network is built on PyTorch's ``meta`` device, so this allocates no weights and
+    downloads nothing.
+
+    Parameters
+    ----------
+    backbone : str
+        One of :data:`BACKBONES`.
+
+    Returns
+    -------
+    layers : list of str
+        The names of the network's sequential pieces, then the aliases (``"stage1"`` ...)
+        that name some of them.
+
+    Raises
+    ------
+    SkpadimError
+        If ``backbone`` is unknown.
+
+    See Also
+    --------
+    default_layers : The layers tapped by default.
+
+    Examples
+    --------
+    >>> from skpadim.backbones import backbone_layers
+    >>> backbone_layers("resnet18")
+    ['stem', 'layer1', 'layer2', 'layer3', 'layer4']
+    >>> layers = backbone_layers("efficientnet_lite0")
+    >>> layers[:3], layers[16:19], len(layers)
+    (['stem', 'blocks.0', 'blocks.1'], ['blocks.15', 'head', 'stage1'], 25)
+    """
     spec = _spec(backbone)
     with torch.device("meta"):
         names = [name for name, _ in spec.pieces(spec.build(None))]
@@ -148,6 +211,29 @@ class FeatureTrunk(nn.Module):
         Names of the pieces whose outputs ``forward`` returns, in this order.
     mean, std : sequence of float
         Per-channel input normalisation applied to [0, 1] RGB input.
+
+    Attributes
+    ----------
+    names : list of str
+        Names of the pieces, in forward order.
+    body : torch.nn.ModuleList
+        The pieces.
+    taps : list of str
+        As given.
+
+    See Also
+    --------
+    build_trunk : A trunk cut from one of the built-in backbones.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from skpadim.backbones import FeatureTrunk
+    >>> pieces = [("conv", nn.Conv2d(3, 4, 3, stride=2, padding=1)), ("pool", nn.MaxPool2d(2))]
+    >>> trunk = FeatureTrunk(pieces, taps=["pool", "conv"], mean=(0.5,) * 3, std=(0.25,) * 3)
+    >>> [tuple(f.shape) for f in trunk(torch.zeros(1, 3, 16, 16))]  # in the order of taps
+    [(1, 4, 4, 4), (1, 4, 8, 8)]
     """
 
     def __init__(self, pieces, taps, mean, std):
@@ -221,6 +307,28 @@ def build_trunk(backbone, layers=None, weights="DEFAULT", seed=0):
     Returns
     -------
     trunk : FeatureTrunk
+        The pieces up to the deepest tapped layer, with gradients off. Its ``taps`` hold the
+        piece names the layers resolve to, in the order of ``layers``.
+
+    Raises
+    ------
+    SkpadimError
+        If ``backbone`` or a layer is unknown, a layer is named twice, or a weights file is
+        missing or lacks tensors the trunk needs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.backbones import build_trunk
+    >>> trunk = build_trunk("resnet18", ["layer1", "layer2"], weights=None)
+    >>> trunk.names                                         # layer3 and layer4 are dropped
+    ['stem', 'layer1', 'layer2']
+    >>> with torch.no_grad():
+    ...     features = trunk(torch.zeros(1, 3, 32, 32))
+    >>> [tuple(f.shape) for f in features]
+    [(1, 64, 8, 8), (1, 128, 4, 4)]
+    >>> build_trunk("efficientnet_lite0", weights=None).taps  # stages 2, 3 and 5
+    ['blocks.2', 'blocks.4', 'blocks.10']
     """
     spec = _spec(backbone)
     layers = tuple(spec.default_layers if layers is None else layers)
