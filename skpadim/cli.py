@@ -53,6 +53,7 @@ __all__ = [
     "EXIT_DATA",
     "EXIT_MODEL_FILE",
     "EXIT_BACKBONE",
+    "EXIT_INTERRUPTED",
 ]
 
 _EXIT_CODES = """\
@@ -63,6 +64,7 @@ exit status:
   3  data error: missing folder, unknown layout, unreadable or corrupt image or mask
   4  model file error: missing, unreadable or not a fitted skpadim model
   5  backbone error: weights that cannot be downloaded or loaded
+  130  interrupted (Ctrl-C)
 """
 
 _FORMATS = ("auto", "mvtec", "stc", "folder")

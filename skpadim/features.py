@@ -195,7 +195,9 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
         trunk.std.copy_(torch.tensor(std).view(1, -1, 1, 1))
         self.module_ = trunk
         self.image_size_ = preprocessing._pair(self.crop or self.resize, "crop")
-        probe = self.image_size_ or (224, 224)
+        # Without a fixed input size only the channel counts are needed: the smallest input
+        # every backbone's stride-32 layers still map to a grid (2x2) gives them cheaply.
+        probe = self.image_size_ or (64, 64)
         with torch.inference_mode():
             outputs = trunk(torch.zeros(1, 3, *probe))
         self.layer_channels_ = [int(o.shape[1]) for o in outputs]

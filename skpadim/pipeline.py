@@ -176,9 +176,7 @@ def anomaly_maps(estimator, X, batch_size=64):
             f"{type(final).__name__} has no anomaly_maps method; the pipeline must end in "
             "PatchGaussian, SPADE, VAE or another skpadim detector"
         )
-    if transformers is None:
-        return final.anomaly_maps(X)
-    maps = [final.anomaly_maps(transformers.transform(part))
+    maps = [final.anomaly_maps(part if transformers is None else transformers.transform(part))
             for part in _image_slices(X, batch_size)]
     return np.concatenate(maps)
 

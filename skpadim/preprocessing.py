@@ -116,11 +116,14 @@ def read_image(path):
 
 
 def _is_path_list(X):
+    # 1-D arrays of paths arrive from sklearn's splitters indexing a list (dtype "U"), or
+    # from pandas columns (dtype object).
     if isinstance(X, np.ndarray):
-        return X.ndim == 1 and X.dtype.kind in "U"
-    return isinstance(X, (list, tuple)) and len(X) > 0 and all(
-        isinstance(x, (str, os.PathLike)) for x in X
-    )
+        if X.ndim != 1 or X.dtype.kind not in "UO":
+            return False
+    elif not isinstance(X, (list, tuple)):
+        return False
+    return len(X) > 0 and all(isinstance(x, (str, os.PathLike)) for x in X)
 
 
 def _array_to_tensor(X):

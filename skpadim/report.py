@@ -398,19 +398,20 @@ def plot_curves(sets, out_dir, max_fpr=0.3):
 
     os.makedirs(out_dir, exist_ok=True)
     groups = _curve_groups(sets)
+    # (pixel AUROC, PRO) of each curve, computed once for both figures' legends.
+    pixel = [_pixel_metrics(scored, max_fpr) for _, scored, _ in groups]
 
     # Figure objects with their own canvas, not pyplot: no global backend is switched and no
     # figure is left open in a user's session.
     roc = Figure(figsize=(10, 4.6))
     FigureCanvasAgg(roc)
     ax_image, ax_pixel = roc.subplots(1, 2)
-    for label, scored, main in groups:
+    for (label, scored, main), (pixel_auroc, _) in zip(groups, pixel):
         style = {"lw": 2.0} if main else {"lw": 1.0, "ls": "--"}
         auroc = _image_auroc(scored)
         if auroc is not None:
             fpr, tpr, _ = roc_curve(np.asarray(scored.labels).astype(bool), scored.scores)
             ax_image.plot(fpr, tpr, label=f"{label} ({auroc:.3f})", **style)
-        pixel_auroc, _ = _pixel_metrics(scored, max_fpr)
         if pixel_auroc is not None:
             fpr, tpr, _ = roc_curve(np.asarray(scored.masks, dtype=bool).ravel(),
                                     np.asarray(scored.maps).ravel())
@@ -424,8 +425,7 @@ def plot_curves(sets, out_dir, max_fpr=0.3):
     pro = Figure(figsize=(5.2, 4.6))
     FigureCanvasAgg(pro)
     ax = pro.subplots()
-    for label, scored, main in groups:
-        _, score = _pixel_metrics(scored, max_fpr)
+    for (label, scored, main), (_, score) in zip(groups, pixel):
         if score is not None:
             x, y = _pro_points(np.asarray(scored.masks, dtype=bool), scored.maps, max_fpr)
             style = {"lw": 2.0} if main else {"lw": 1.0, "ls": "--"}

@@ -12,6 +12,8 @@ on what happens next, and this module is that common part:
 ``(n, h, w)`` and returns float32 numpy arrays; higher always means more anomalous.
 """
 
+import functools
+
 import numpy as np
 import scipy.ndimage
 import torch
@@ -157,8 +159,40 @@ def anomaly_maps(
     >>> maps.shape, np.unravel_index(maps[0].argmax(), maps[0].shape)
     ((1, 32, 32), (np.int64(10), np.int64(21)))
     """
-    maps = upsample_maps(distances, size, interpolation)
-    return gaussian_smooth(maps, sigma=sigma, truncate=truncate, mode=mode)
+    t = _as_tensor(distances)
+    size = _size(size)
+    if tuple(t.shape[-2:]) == size:  # nothing to upsample: the separable filter is cheaper
+        return gaussian_smooth(t, sigma=sigma, truncate=truncate, mode=mode)
+    # Resizing and filtering are both linear and act on rows and columns separately, so the
+    # two steps are one matrix per axis: maps = M_h @ distances @ M_w^T. Two small matrix
+    # products per map replace a full-resolution filter pass (several times faster), and
+    # give what upsample_maps followed by gaussian_smooth gives, to float32 rounding.
+    rows = _axis_operator(t.shape[1], size[0], interpolation, float(sigma), float(truncate), mode)
+    cols = _axis_operator(t.shape[2], size[1], interpolation, float(sigma), float(truncate), mode)
+    return (rows @ t @ cols.T).numpy()
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_operator(n_in, n_out, interpolation, sigma, truncate, mode):
+    """``(n_out, n_in)`` float32 matrix of 1-D resizing to ``n_out`` followed by the 1-D
+    Gaussian filter, obtained by passing each unit vector through both steps."""
+    if interpolation not in INTERPOLATIONS:
+        raise InvalidImageError(
+            f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
+        )
+    if mode not in BORDER_MODES:
+        raise InvalidImageError(f"mode must be one of {BORDER_MODES}, got {mode!r}")
+    impulses = torch.eye(n_in, dtype=torch.float64)[:, None, None, :]  # (n_in, 1, 1, n_in)
+    kwargs = {} if interpolation == "nearest" else {"align_corners": False}
+    name = "nearest-exact" if interpolation == "nearest" else interpolation
+    # A 2-D resize of 1-pixel-high images is the 1-D resize of torch's 2-D kernels.
+    resized = F.interpolate(impulses, size=(1, n_out), mode=name, **kwargs)[:, 0, 0, :]
+    operator = resized.numpy().T  # (n_out, n_in): column i is the response to impulse i
+    if sigma > 0:
+        operator = scipy.ndimage.gaussian_filter1d(
+            operator, sigma, axis=0, truncate=truncate, mode=mode
+        )
+    return torch.from_numpy(np.ascontiguousarray(operator, dtype=np.float32))
 
 
 def image_scores(maps):

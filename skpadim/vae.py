@@ -412,9 +412,11 @@ class VAE(AnomalyMapMixin, BaseEstimator):
     n_epochs : int, default=100
         Training epochs.
     n_augmented : int or None, default=10000
-        Augmented images per epoch; None makes one augmented copy of each training image.
+        Augmented images per epoch, at least 2; None makes one augmented copy of each
+        training image.
     batch_size : int, default=32
-        Images per training step and per scoring pass.
+        Images per training step and per scoring pass; at least 2, since the network's
+        batch norm layers cannot train on a single image.
     learning_rate : float, default=1e-4
         Adam's step size.
     kl_weight : float, default=1.0
@@ -483,8 +485,9 @@ class VAE(AnomalyMapMixin, BaseEstimator):
         "random_crop": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
         "rotation": [Interval(Real, 0, 180, closed="both")],
         "n_epochs": [Interval(Integral, 1, None, closed="left")],
-        "n_augmented": [None, Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        # Batch norm cannot train on a batch of one image.
+        "n_augmented": [None, Interval(Integral, 2, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "kl_weight": [Interval(Real, 0, None, closed="left")],
         "device": [str, torch.device],

@@ -34,8 +34,8 @@ def test_every_input_form_gives_the_same_features(fitted, tiny_images, tmp_path)
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(img).save(paths[-1])
     np.testing.assert_allclose(fitted.transform(paths), reference, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(fitted.transform(np.array(paths)), reference, rtol=1e-4,
-                               atol=1e-4)
+    for array in (np.array(paths), np.array(paths, dtype=object)):  # sliced lists, pandas
+        np.testing.assert_allclose(fitted.transform(array), reference, rtol=1e-4, atol=1e-4)
 
 
 def test_grayscale_is_replicated_to_three_channels(fitted, tiny_images):

@@ -201,6 +201,10 @@ def test_bad_geometry_and_sizes_are_explained(fitted, blobs):
         VAE(resize=None, random_crop=None, crop=48, n_epochs=1).fit(train)
     with pytest.raises(InvalidImageError, match="at least 2 training images"):
         VAE(n_epochs=1, **GEOMETRY).fit(train[:1])
+    # Batch norm cannot train on one image: said before training starts.
+    for bad in ({"batch_size": 1}, {"n_augmented": 1}):
+        with pytest.raises(ValueError, match=f"'{next(iter(bad))}' parameter"):
+            VAE(n_epochs=1, **GEOMETRY, **bad).fit(train)
     changed = copy.deepcopy(fitted).set_params(resize=None, crop=30)
     with pytest.raises(InvalidImageError, match=r"reach the network at \(30, 30\), not the"):
         changed.anomaly_maps(train)
