@@ -184,10 +184,15 @@ def mahalanobis(X, mean, prec_chol):
     >>> mahalanobis(X, torch.zeros(1, 2), U).tolist()
     [[1.0, 3.0, 5.0]]
     """
-    # The subtraction keeps the strides of a permuted input; bmm on such a layout is several
-    # times slower than on the contiguous copy.
-    y = torch.bmm((X - mean[:, None, :]).contiguous(), prec_chol)
-    return y.square().sum(dim=-1).sqrt_()
+    # Centre into a (n_samples, n_positions, d) buffer. From feature maps (X is then a
+    # permuted view of (n, d, positions)) that is one transpose per image, about three times
+    # cheaper than gathering a positions-first copy; bmm then reads the positions-first view
+    # of the buffer at full speed, since the rows of each position's matrix are contiguous.
+    n_positions, n_samples, d = X.shape
+    centred = torch.empty(n_samples, n_positions, d, dtype=X.dtype, device=X.device)
+    torch.sub(X.transpose(0, 1), mean, out=centred)
+    y = torch.bmm(centred.transpose(0, 1), prec_chol)
+    return torch.linalg.vector_norm(y, dim=-1)
 
 
 def leave_one_out_distances(distances, n_samples):
