@@ -151,6 +151,13 @@ def write_api_pages(folder):
         paths.append(path)
     for stale in set(folder.glob("*.rst")) - set(paths):
         stale.unlink()
+    # autosummary writes one page per object into generated/ but never removes one: a name
+    # that moved (to the top level, say) would leave a page that warns on every build.
+    current = {f"{name}.{entry}" for name in modules
+               for entries in documented_names(name).values() for entry in entries}
+    for stale in (folder / "generated").glob("*.rst"):
+        if stale.stem not in current:
+            stale.unlink()
     return paths
 
 

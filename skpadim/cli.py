@@ -546,11 +546,13 @@ def _check_backbone(model):
     """Build the backbone once, so that a weights problem fails before the long part."""
     from sklearn.base import clone
 
-    from .exceptions import SkpadimError
+    from .exceptions import SkpadimError, WeightsError
 
     features = clone(model[0])
     try:
         features.fit()
+    except WeightsError as exc:
+        raise _Failure(EXIT_BACKBONE, str(exc)) from None
     except SkpadimError:
         raise
     except ImportError as exc:
@@ -808,7 +810,7 @@ def main(argv=None):
               file=sys.stderr)
         return EXIT_USAGE
 
-    from .exceptions import DatasetError, InvalidImageError, SkpadimError
+    from .exceptions import DatasetError, InvalidImageError, SkpadimError, WeightsError
 
     def fail(code, message):
         print(f"skpadim {args.command}: error: {message}", file=sys.stderr)
@@ -818,6 +820,8 @@ def main(argv=None):
         return args.run(args, _Log(args.quiet))
     except _Failure as exc:
         return fail(exc.code, exc)
+    except WeightsError as exc:
+        return fail(EXIT_BACKBONE, exc)
     except (DatasetError, InvalidImageError) as exc:
         return fail(EXIT_DATA, exc)
     except SkpadimError as exc:  # invalid option values the library rejected

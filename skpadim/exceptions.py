@@ -5,7 +5,7 @@ built-in exception a caller would naturally catch (``ValueError`` for bad values
 for unreadable files), so ``except ValueError`` keeps working.
 """
 
-__all__ = ["SkpadimError", "InvalidImageError", "DatasetError", "SkpadimWarning"]
+__all__ = ["SkpadimError", "InvalidImageError", "DatasetError", "WeightsError", "SkpadimWarning"]
 
 
 class SkpadimError(Exception):
@@ -18,6 +18,10 @@ class InvalidImageError(SkpadimError, ValueError):
 
 class DatasetError(SkpadimError, OSError):
     """A data set on disk is missing, incomplete, unreadable or inconsistent."""
+
+
+class WeightsError(SkpadimError, OSError):
+    """A backbone's weights file is missing, unreadable or holds the wrong tensors."""
 
 
 class SkpadimWarning(UserWarning):

@@ -114,7 +114,7 @@ def precision_cholesky(covariance, reg_covar=0.0):
     """Cholesky factors of the precision matrices of a stack of covariances.
 
     Returns ``U``, upper triangular, with ``inv(covariance + reg_covar * I) = U @ U.T`` (the
-    layout of :attr:`sklearn.mixture.GaussianMixture.precisions_cholesky_`). Computed as
+    layout of ``precisions_cholesky_`` of :class:`sklearn.mixture.GaussianMixture`). Computed as
     ``U = inv(L).T`` for ``L = cholesky(covariance)`` by a triangular solve.
 
     Parameters
@@ -281,7 +281,7 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
     calibration : {"leave-one-out", "in-sample"}, default="leave-one-out"
         Scores the threshold is computed from. "leave-one-out" scores each training image
         by the model fitted without it (in closed form, see
-        :func:`leave_one_out_distances`), which estimates how new normal images score, so
+        :func:`~skpadim.gaussian.leave_one_out_distances`), which estimates how new normal images score, so
         about ``contamination`` of them are flagged. "in-sample" uses the fitted model's own
         scores of the training images, sklearn's convention (exactly ``contamination`` of
         the training images are flagged), which is optimistic: in-sample distances are

@@ -1,8 +1,8 @@
 """Anomaly detection metrics: image ROC AUC, pixel ROC AUC and per-region overlap (PRO).
 
 Every score and map here reads "higher = more anomalous", as PaDiM's distances do. Image
-labels follow :func:`skpadim._labels.as_anomaly_labels`: 0/1 with 1 anomalous, -1/+1 with -1
-anomalous, booleans, or ``(n, H, W)`` ground-truth masks. Pixel metrics compare masks and
+labels may be 0/1 with 1 anomalous, -1/+1 with -1 anomalous, booleans, or ``(n, H, W)``
+ground-truth masks. Pixel metrics compare masks and
 maps of the same shape; bring masks to the maps' resolution with
 :func:`skpadim.preprocessing.transform_masks`.
 
@@ -337,7 +337,7 @@ def pixel_auroc_scorer(estimator, X, y):
     Parameters
     ----------
     estimator : object
-        Fitted pipeline or estimator that :func:`skpadim.pipeline.anomaly_maps` accepts.
+        Fitted pipeline or estimator that :func:`skpadim.anomaly_maps` accepts.
     X : array-like or list of str
         Test images, in any form ``estimator`` accepts.
     y : array-like of shape (n_samples, H, W)
@@ -370,7 +370,7 @@ def pro_scorer(estimator, X, y, *, max_fpr=0.3):
     Parameters
     ----------
     estimator : object
-        Fitted pipeline or estimator that :func:`skpadim.pipeline.anomaly_maps` accepts.
+        Fitted pipeline or estimator that :func:`skpadim.anomaly_maps` accepts.
     X : array-like or list of str
         Test images, in any form ``estimator`` accepts.
     y : array-like of shape (n_samples, H, W)

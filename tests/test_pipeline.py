@@ -15,6 +15,7 @@ from skpadim import (
     BackboneFeatures,
     NormalOnlyKFold,
     PatchGaussian,
+    PatchPCA,
     RandomFeatureSelector,
     anomaly_maps,
     fit_in_batches,
@@ -74,6 +75,23 @@ def test_fit_in_batches_equals_fit(tiny_images, pipe):
     np.testing.assert_allclose(streamed.score_samples(tiny_images),
                                pipe.score_samples(tiny_images), rtol=1e-5)
     assert streamed[-1].offset_ == pytest.approx(pipe[-1].offset_, rel=1e-5)
+
+
+def test_fit_in_batches_fits_a_pca_step_on_every_image(tiny_images):
+    def pca_pipeline():
+        return make_pipeline(BackboneFeatures(backbone="resnet18", **SMALL),
+                             PatchPCA(n_components=8), PatchGaussian())
+
+    whole = pca_pipeline().fit(tiny_images)
+    streamed = fit_in_batches(pca_pipeline(), tiny_images, batch_size=5)
+    assert streamed[1].n_samples_seen_ == whole[1].n_samples_seen_
+    np.testing.assert_allclose(np.abs(streamed[1].components_), np.abs(whole[1].components_),
+                               atol=1e-5)
+    np.testing.assert_allclose(streamed.score_samples(tiny_images),
+                               whole.score_samples(tiny_images), rtol=1e-4)
+    # A second call starts over rather than adding the images again.
+    fit_in_batches(streamed, tiny_images, batch_size=5)
+    assert streamed[1].n_samples_seen_ == whole[1].n_samples_seen_
 
 
 def test_normal_only_folds_never_train_on_anomalies():

@@ -237,6 +237,17 @@ def test_partial_fit_and_fit_in_batches_equal_one_fit(pyramid):
     assert pipe[-1].offset_ == pytest.approx(whole.offset_)
 
 
+def test_anomalous_samples_in_y_are_left_out_of_the_gallery(pyramid):
+    train, _, test, _ = pyramid
+    y = np.r_[np.ones(3, int), np.zeros(len(train) - 3, int)]  # 1 = anomalous
+    labelled = SPADE(n_neighbors=4, **LAYERS).fit(train, y)
+    normal_only = SPADE(n_neighbors=4, **LAYERS).fit(train[3:])
+    assert labelled.n_samples_fit_ == len(train) - 3
+    assert_array_equal(labelled.patch_distances(test), normal_only.patch_distances(test))
+    with pytest.raises(InvalidImageError, match="at least 2 normal samples"):
+        SPADE(n_neighbors=4, **LAYERS).fit(train[:3], np.r_[1, 1, 0])
+
+
 def test_too_few_training_images_warns_and_uses_all(pyramid):
     train, _, test, _ = pyramid
     with pytest.warns(SkpadimWarning, match="n_neighbors=50 exceeds the 12 training"):

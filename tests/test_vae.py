@@ -147,6 +147,16 @@ def test_quality_floor_on_drawn_defects(fitted, blobs):
     assert pixel_auroc(transform_masks(masks, GEOMETRY["resize"], SIZE), maps) >= 0.85
 
 
+def test_anomalous_images_in_y_are_not_trained_on(blobs):
+    train, test, labels, _ = blobs
+    params = dict(n_epochs=1, n_augmented=8, batch_size=4, random_state=0, **GEOMETRY)
+    mixed = np.concatenate([test[labels == 1][:2], train[:6]])
+    labelled = VAE(**params).fit(mixed, np.r_[1, 1, np.zeros(6, int)])
+    normal_only = VAE(**params).fit(train[:6])
+    assert labelled.n_samples_fit_ == 6
+    assert_allclose(labelled.anomaly_scores(test), normal_only.anomaly_scores(test))
+
+
 def test_predict_follows_the_threshold(fitted, blobs):
     test = blobs[1]
     decision = fitted.decision_function(test)

@@ -23,7 +23,7 @@ import torchvision
 from torch import nn
 
 from .._torch import seeded
-from ..exceptions import SkpadimError
+from ..exceptions import SkpadimError, WeightsError
 
 __all__ = ["BACKBONES", "FeatureTrunk", "build_trunk", "backbone_layers", "default_layers"]
 
@@ -245,6 +245,8 @@ class FeatureTrunk(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x):
+        """Normalise images ``x`` of shape (n, 3, H, W) in [0, 1]; return the tapped layers'
+        outputs, in the order of ``taps``."""
         x = (x - self.mean) / self.std
         outputs = {}
         for name, module in zip(self.names, self.body):
@@ -270,9 +272,20 @@ def _resolve_layers(spec, backbone, layers, piece_names):
 
 
 def _load_state_dict(model, used, path, backbone):
-    state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises a different type for each way a file is bad
+        raise WeightsError(
+            f"cannot read weights file {os.fspath(path)!r} ({type(exc).__name__}: {exc}); "
+            "expected a state dict saved with torch.save(model.state_dict(), path)"
+        ) from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(
+            f"weights file {os.fspath(path)!r} holds a {type(state).__name__}, not a state "
+            "dict; save it with torch.save(model.state_dict(), path)"
+        )
     result = model.load_state_dict(state, strict=False)
     # A file may hold more than we use (a classifier head) or only what we use (a trunk):
     # what matters is that every tensor of the kept pieces came from the file.
@@ -280,7 +293,7 @@ def _load_state_dict(model, used, path, backbone):
     missing = sorted(k for k in set(result.missing_keys) & needed
                      if not k.endswith("num_batches_tracked"))
     if missing:
-        raise SkpadimError(
+        raise WeightsError(
             f"weights file {os.fspath(path)!r} lacks {len(missing)} tensors that {backbone!r} "
             f"needs, e.g. {missing[:3]}; is it a {backbone} state dict with torchvision-style "
             "keys?"
@@ -313,8 +326,9 @@ def build_trunk(backbone, layers=None, weights="DEFAULT", seed=0):
     Raises
     ------
     SkpadimError
-        If ``backbone`` or a layer is unknown, a layer is named twice, or a weights file is
-        missing or lacks tensors the trunk needs.
+        If ``backbone`` or a layer is unknown, or a layer is named twice.
+    WeightsError
+        If a weights file is missing, unreadable, or lacks tensors the trunk needs.
 
     Examples
     --------
@@ -336,7 +350,7 @@ def build_trunk(backbone, layers=None, weights="DEFAULT", seed=0):
         raise SkpadimError("layers must name at least one layer")
     from_file = weights is not None and _looks_like_path(weights)
     if from_file and not os.path.isfile(weights):
-        raise SkpadimError(f"weights file not found: {os.fspath(weights)!r}")
+        raise WeightsError(f"weights file not found: {os.fspath(weights)!r}")
     with seeded(seed):
         model = spec.build(None if (weights is None or from_file) else weights)
     pieces = spec.pieces(model)
