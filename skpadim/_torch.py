@@ -54,3 +54,22 @@ def cpu_copy(module):
     except AttributeError:
         return module
     return module if on_cpu else copy.deepcopy(module).cpu()
+
+
+class ImageModuleMixin:
+    """What estimators that feed images to a fitted torch network ``module_`` share: they
+    pickle a CPU copy of it (a model fitted on a GPU loads anywhere) and declare their
+    input as images rather than 2-D feature rows."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "module_" in state:
+            state["module_"] = cpu_copy(state["module_"])
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.requires_fit = True
+        return tags

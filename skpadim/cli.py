@@ -136,24 +136,23 @@ def _n_features(text):
     return _positive_int(text)
 
 
-def _contamination(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 < value <= 0.5:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 0.5], got {text!r}")
-    return value
+def _number_up_to(high):
+    """An option type: a number in ``(0, high]``."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value <= high:
+            raise argparse.ArgumentTypeError(f"expected a number in (0, {high:g}], got {text!r}")
+        return value
+
+    return parse
 
 
-def _max_fpr(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+_contamination = _number_up_to(0.5)
+_max_fpr = _number_up_to(1.0)
 
 
 def _weights(text):

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from . import backbones, preprocessing
 from ._compat import Interval, StrOptions, _fit_context
-from ._torch import cpu_copy, resolve_device, torch_seed
+from ._torch import ImageModuleMixin, resolve_device, torch_seed
 from .exceptions import InvalidImageError
 
 __all__ = ["BackboneFeatures", "concat_layers"]
@@ -53,7 +53,7 @@ def concat_layers(feature_maps, upsample="nearest"):
     return torch.cat(out, dim=1)
 
 
-class BackboneFeatures(TransformerMixin, BaseEstimator):
+class BackboneFeatures(ImageModuleMixin, TransformerMixin, BaseEstimator):
     """Patch embeddings from a pretrained CNN: images to ``(n, C, h, w)`` feature maps.
 
     Images are resized and center-cropped as in the paper, normalised for the backbone, and
@@ -244,16 +244,3 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
                 "(and crop) so every image reaches the network at the same size"
             )
         return np.concatenate(out)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if "module_" in state:
-            state["module_"] = cpu_copy(state["module_"])
-        return state
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        tags.requires_fit = True
-        return tags

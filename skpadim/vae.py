@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import preprocessing
 from ._compat import Interval, _fit_context
 from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
-from ._torch import cpu_copy, resolve_device, seeded
+from ._torch import ImageModuleMixin, resolve_device, seeded
 from .backbones import build_trunk
 from .exceptions import InvalidImageError
 
@@ -365,7 +365,7 @@ def train_vae(module, images, *, crop, random_crop, rotation, n_epochs, n_per_ep
     return curve
 
 
-class VAE(AnomalyMapMixin, BaseEstimator):
+class VAE(ImageModuleMixin, AnomalyMapMixin, BaseEstimator):
     """Variational-autoencoder anomaly detection, the PaDiM paper's VAE baseline.
 
     ``fit`` trains a :class:`~skpadim.vae.ConvVAE` (ResNet18 encoder, 8x8 convolutional latent for
@@ -693,16 +693,3 @@ class VAE(AnomalyMapMixin, BaseEstimator):
             Higher = more anomalous.
         """
         return super().anomaly_maps(X)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if "module_" in state:
-            state["module_"] = cpu_copy(state["module_"])
-        return state
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        tags.requires_fit = True
-        return tags
