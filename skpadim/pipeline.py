@@ -1,5 +1,7 @@
 """The PaDiM pipeline: the paper's configurations, anomaly maps, and fitting in batches."""
 
+import itertools
+
 import numpy as np
 from sklearn.pipeline import Pipeline, make_pipeline
 
@@ -182,7 +184,8 @@ def anomaly_maps(estimator, X, batch_size=64):
 
 
 def _fit_transformers(transformers, X, batch_size):
-    """Fit the steps before the detector, in order, without holding all features at once.
+    """Fit the steps before the detector, in order, without holding all features at once;
+    return the first batch's features.
 
     A step with ``partial_fit`` learns from the data (:class:`~skpadim.PatchPCA`): it gets
     one pass over every image, batch by batch. The others (the backbone, the channel draw)
@@ -190,15 +193,14 @@ def _fit_transformers(transformers, X, batch_size):
     """
     first = next(_image_slices(X, batch_size))
     for k, (_, step) in enumerate(transformers.steps):
-        def features(part, k=k):
-            return transformers[:k].transform(part) if k else part
-
         if hasattr(step, "partial_fit"):
-            for i, part in enumerate(_image_slices(X, batch_size)):
-                # fit on the first batch so that a refit starts from scratch
-                (step.fit if i == 0 else step.partial_fit)(features(part))
+            step.fit(first)  # fit, not partial_fit: a refit starts from scratch
+            for part in itertools.islice(_image_slices(X, batch_size), 1, None):
+                step.partial_fit(transformers[:k].transform(part) if k else part)
         else:
-            step.fit(features(first))
+            step.fit(first)
+        first = step.transform(first)
+    return first
 
 
 def fit_in_batches(pipeline, X, batch_size=64, calibrate=True):
@@ -255,10 +257,14 @@ def fit_in_batches(pipeline, X, batch_size=64, calibrate=True):
         raise SkpadimError("fitting needs at least 2 training images")
     if hasattr(final, "_reset"):
         final._reset()  # a refit starts from scratch, as fit would
-    if transformers is not None:
-        _fit_transformers(transformers, X, batch_size)
-    for part in _image_slices(X, batch_size):
-        final.partial_fit(transformers.transform(part) if transformers is not None else part)
+    if transformers is None:
+        parts = _image_slices(X, batch_size)
+    else:
+        rest = itertools.islice(_image_slices(X, batch_size), 1, None)
+        parts = itertools.chain([_fit_transformers(transformers, X, batch_size)],
+                                map(transformers.transform, rest))
+    for part in parts:
+        final.partial_fit(part)
     if calibrate:
         # Detectors score their training samples their own way (PatchGaussian: leave-one-out).
         training_scores = getattr(final, "_training_scores", final.score_samples)
