@@ -163,26 +163,38 @@ class AnomalyMapMixin(OutlierMixin):
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
     @staticmethod
-    def _normal_samples(X, y):
-        """Drop the samples ``y`` labels anomalous, so fitting uses normal samples only.
+    def _normal_samples(X, y, min_samples=2):
+        """Drop the samples ``y`` labels anomalous, so fitting uses normal samples only, and
+        check that at least ``min_samples`` remain.
 
         Detectors learn normality; a labelled set passed whole (GridSearchCV's refit does
         this) would otherwise teach them its defects. ``y`` that is not a set of anomaly
         labels is ignored with a warning, as sklearn's outlier detectors ignore ``y``.
         """
-        if y is None:
-            return X
-        try:
-            anomalous = as_anomaly_labels(y)
-        except InvalidImageError as exc:
-            warnings.warn(f"y ignored: {exc}; fitting on all samples", SkpadimWarning)
-            return X
-        if len(anomalous) != len(X):
-            raise InvalidImageError(f"{len(X)} samples but {len(anomalous)} labels in y")
-        if not anomalous.any():
-            return X
-        keep = np.flatnonzero(~anomalous)
-        return [X[i] for i in keep] if isinstance(X, list) else X[keep]
+        anomalous = None
+        if y is not None:
+            try:
+                anomalous = as_anomaly_labels(y)
+            except InvalidImageError as exc:
+                warnings.warn(f"y ignored: {exc}; fitting on all samples", SkpadimWarning)
+        if anomalous is not None:
+            if len(anomalous) != len(X):
+                raise InvalidImageError(f"{len(X)} samples but {len(anomalous)} labels in y")
+            if np.ndim(y) == 1 and anomalous.all() and set(np.unique(y).tolist()) == {1}:
+                # All ones: "all anomalous" as 0/1 labels, "all normal" as sklearn's -1/+1.
+                # A training set is normal, and NormalOnlyKFold's folds of -1/+1 labels are
+                # exactly this.
+                anomalous = None
+        if anomalous is not None and anomalous.any():
+            keep = np.flatnonzero(~anomalous)
+            X = [X[i] for i in keep] if isinstance(X, list) else X[keep]
+        if len(X) < min_samples:
+            dropped = ("" if anomalous is None else
+                       f" after leaving out the {int(anomalous.sum())} that y marks anomalous")
+            raise InvalidImageError(
+                f"fitting needs at least {min_samples} normal samples, got {len(X)}{dropped}"
+            )
+        return X
 
     def _set_offset(self, training_scores):
         """Threshold so that a fraction ``contamination`` of the training samples is flagged."""

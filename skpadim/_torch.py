@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from .exceptions import SkpadimError
+from .exceptions import ConfigurationError
 
 
 def from_numpy(X, dtype=None):
@@ -23,7 +23,7 @@ def resolve_device(device):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SkpadimError(
+        raise ConfigurationError(
             f"device={str(device)!r} was requested but CUDA is not available here; "
             "use device='cpu' or 'auto'"
         )

@@ -5,7 +5,14 @@ built-in exception a caller would naturally catch (``ValueError`` for bad values
 for unreadable files), so ``except ValueError`` keeps working.
 """
 
-__all__ = ["SkpadimError", "InvalidImageError", "DatasetError", "WeightsError", "SkpadimWarning"]
+__all__ = [
+    "SkpadimError",
+    "InvalidImageError",
+    "ConfigurationError",
+    "DatasetError",
+    "WeightsError",
+    "SkpadimWarning",
+]
 
 
 class SkpadimError(Exception):
@@ -14,6 +21,11 @@ class SkpadimError(Exception):
 
 class InvalidImageError(SkpadimError, ValueError):
     """Images or feature maps of the wrong shape, type, range or size."""
+
+
+class ConfigurationError(SkpadimError, ValueError):
+    """Settings that cannot work together: an unknown backbone or layer, a layer layout that
+    does not match the features, more neighbours than samples, an unavailable device."""
 
 
 class DatasetError(SkpadimError, OSError):

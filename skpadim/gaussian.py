@@ -455,9 +455,7 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         """
         first = not hasattr(self, "n_samples_seen_")
         X, _ = self._validate(X, reset=first)
-        X = self._normal_samples(X, y)
-        if first and X.shape[0] < 2:
-            raise InvalidImageError("the first partial_fit needs at least 2 samples")
+        X = self._normal_samples(X, y, min_samples=2 if first else 1)
         self._accumulate(X)
         self._set_offset(self._training_scores(X))
         return self

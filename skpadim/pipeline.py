@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 from sklearn.pipeline import Pipeline, make_pipeline
 
-from .exceptions import SkpadimError
+from .exceptions import ConfigurationError, InvalidImageError
 from .features import BackboneFeatures
 from .gaussian import PatchGaussian
 from .preprocessing import n_images
@@ -30,7 +30,7 @@ def _config(backbone, n_features):
         config_backbone, config_n = PAPER_CONFIGS[key]
         return config_backbone, config_n if n_features == "auto" else n_features
     if backbone not in _DEFAULT_N_FEATURES:
-        raise SkpadimError(
+        raise ConfigurationError(
             f"unknown backbone or configuration {backbone!r}; choose a backbone "
             f"({', '.join(_DEFAULT_N_FEATURES)}) or a configuration ({', '.join(PAPER_CONFIGS)})"
         )
@@ -174,7 +174,7 @@ def anomaly_maps(estimator, X, batch_size=64):
     """
     transformers, final = _split(estimator)
     if not hasattr(final, "anomaly_maps"):
-        raise SkpadimError(
+        raise ConfigurationError(
             f"{type(final).__name__} has no anomaly_maps method; the pipeline must end in "
             "PatchGaussian, SPADE, VAE or another skpadim detector"
         )
@@ -252,9 +252,9 @@ def fit_in_batches(pipeline, X, batch_size=64, calibrate=True):
     """
     transformers, final = _split(pipeline)
     if not hasattr(final, "partial_fit"):
-        raise SkpadimError(f"{type(final).__name__} has no partial_fit; use pipeline.fit")
+        raise ConfigurationError(f"{type(final).__name__} has no partial_fit; use pipeline.fit")
     if n_images(X) < 2:
-        raise SkpadimError("fitting needs at least 2 training images")
+        raise InvalidImageError("fitting needs at least 2 training images")
     if hasattr(final, "_reset"):
         final._reset()  # a refit starts from scratch, as fit would
     if transformers is None:

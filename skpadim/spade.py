@@ -31,7 +31,7 @@ from ._compat import Interval, StrOptions, _fit_context
 from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
 from ._torch import resolve_device
 from .backbones import BACKBONES, build_trunk
-from .exceptions import InvalidImageError, SkpadimError, SkpadimWarning
+from .exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
 from .features import BackboneFeatures
 
 __all__ = ["nearest_neighbors", "SPADE", "make_spade", "SPADE_LAYERS"]
@@ -128,7 +128,7 @@ def nearest_neighbors(queries, gallery, n_neighbors, *, rows=None, exclude=None,
     n_candidates = gallery.shape[0] if rows is None else rows.shape[0]
     available = n_candidates - (exclude is not None)
     if not 1 <= n_neighbors <= available:
-        raise SkpadimError(
+        raise ConfigurationError(
             f"cannot find {n_neighbors} neighbours among {available} candidates; lower "
             "n_neighbors"
         )
@@ -382,7 +382,7 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         if self.layer_strides is None:
             strides = [1] * len(channels)
         elif self.layer_channels is None:
-            raise SkpadimError(
+            raise ConfigurationError(
                 f"layer_strides={self.layer_strides!r} needs layer_channels too (how the "
                 "channels split into layers); pass both, or use make_spade"
             )
@@ -391,7 +391,7 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         bad = [v for v in channels + strides
                if not isinstance(v, Integral) or isinstance(v, bool) or v < 1]
         if not channels or bad or len(strides) != len(channels):
-            raise SkpadimError(
+            raise ConfigurationError(
                 f"layer_channels={self.layer_channels!r} and layer_strides="
                 f"{self.layer_strides!r} must be non-empty lists of positive ints of equal "
                 "length"
@@ -446,8 +446,6 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         """
         self._reset()
         X = self._normal_samples(self._validate(X, reset=True), y)
-        if X.shape[0] < 2:
-            raise InvalidImageError(f"SPADE needs at least 2 normal samples, got {X.shape[0]}")
         self._store(X)
         if self.n_neighbors > self.n_samples_fit_:
             warnings.warn(
@@ -481,9 +479,8 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
             The updated estimator.
         """
         first = not hasattr(self, "n_samples_fit_")
-        X = self._normal_samples(self._validate(X, reset=first), y)
-        if first and X.shape[0] < 2:
-            raise InvalidImageError("the first partial_fit needs at least 2 samples")
+        X = self._normal_samples(self._validate(X, reset=first), y,
+                                 min_samples=2 if first else 1)
         if not first and X.ndim == 4 and self._layer_grids(X) != self.layer_grids_:
             raise InvalidImageError(
                 f"feature maps of grid {X.shape[2:]} give layer grids {self._layer_grids(X)}, "
@@ -716,7 +713,7 @@ def make_spade(
     ((2,), (2, 64, 64))
     """
     if backbone not in BACKBONES:
-        raise SkpadimError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        raise ConfigurationError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     layers = list(SPADE_LAYERS[backbone] if layers is None else layers)
     channels, strides = _probe_layers(backbone, layers)
     features = BackboneFeatures(

@@ -589,10 +589,6 @@ class VAE(ImageModuleMixin, AnomalyMapMixin, BaseEstimator):
             The fitted estimator.
         """
         images = self._load(self._normal_samples(X, y))
-        if len(images) < 2:
-            raise InvalidImageError(
-                f"the VAE needs at least 2 training images, got {len(images)}"
-            )
         crop, random_crop = self._geometry(images.shape[-2:])
         rng = check_random_state(self.random_state)
         encoder_seed, decoder_seed, train_seed = rng.randint(0, 2**31 - 1, size=3)

@@ -156,6 +156,30 @@ def test_labelled_anomalies_are_left_out_of_training(feature_maps):
     assert PatchGaussian().fit(feature_maps, masks).n_samples_seen_ == len(feature_maps) - 5
 
 
+def test_sklearn_plus_minus_one_labels_work_in_normal_only_folds(rng):
+    from sklearn.model_selection import cross_val_score
+
+    from skpadim import NormalOnlyKFold
+    from skpadim.metrics import image_auroc
+
+    X = np.r_[rng.normal(size=(30, 3)), rng.normal(4, 1, size=(6, 3))]
+    y = np.r_[np.ones(30, int), -np.ones(6, int)]  # sklearn's convention: -1 = anomalous
+    # Each training fold holds only +1 labels: all normal, not "all anomalous".
+    np.testing.assert_array_equal(PatchGaussian().fit(X[:30], y[:30]).mean_,
+                                  PatchGaussian().fit(X[:30]).mean_)
+    scores = cross_val_score(PatchGaussian(), X, y, cv=NormalOnlyKFold(3),
+                             scoring=lambda est, X, y: image_auroc(y == -1, -est.score_samples(X)))
+    assert scores.min() > 0.9
+
+
+def test_too_few_normal_samples_after_dropping_labelled_ones_is_explained(feature_maps):
+    y = np.ones(len(feature_maps), int)
+    y[0] = 0
+    with pytest.raises(InvalidImageError, match="at least 2 normal samples, got 1 after "
+                                                "leaving out the 39 that y marks anomalous"):
+        PatchGaussian().fit(feature_maps, y)
+
+
 def test_y_that_is_not_anomaly_labels_is_ignored_with_a_warning(feature_maps):
     with pytest.warns(SkpadimWarning, match="y ignored"):
         model = PatchGaussian().fit(feature_maps, np.arange(len(feature_maps)) % 3)

