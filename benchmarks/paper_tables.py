@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import paper_values  # noqa: E402
 
+import skpadim  # noqa: E402
 from skpadim import PatchPCA, anomaly_maps, make_padim  # noqa: E402
 from skpadim.datasets import (  # noqa: E402
     DEMO_TEXTURES,
@@ -318,6 +319,8 @@ def setting_key(profile, setting):
         key += ":{size}px,{n_train}+{n_test}".format(**profile.options)
     elif setting == "stc":
         key += ":step{stc_frame_step},spade{stc_spade_train}".format(**profile.options)
+    if setting == "cost":
+        key += ":" + profile.options.get("cost_machine", "")
     return key
 
 
@@ -601,10 +604,12 @@ def fit_predict(spec, data, setting, seed, ctx, memo):
         return maps, image_scores(maps), fit_s, time.perf_counter() - start - fit_s
     featurizer = memo.featurizer(model[0], train)
     model.steps[0] = (model.steps[0][0], featurizer)
-    _fit_tail(model, lambda: memo.batches(featurizer, train, ("train", id(train))))
+    # Within one scope (one data set) a split is named by its size: SPADE's evenly spaced
+    # STC subset differs from the full training set only in that.
+    _fit_tail(model, lambda: memo.batches(featurizer, train, ("train", n_images(train))))
     fit_s = time.perf_counter() - start
     outputs = [_predict_tail(model, spec, f)
-               for f in memo.batches(featurizer, data.test, ("test", id(data.test)))]
+               for f in memo.batches(featurizer, data.test, ("test", n_images(data.test)))]
     maps = np.concatenate([o[0] for o in outputs])
     scores = np.concatenate([o[1] for o in outputs])
     return maps, scores, fit_s, time.perf_counter() - start - fit_s
@@ -613,7 +618,9 @@ def fit_predict(spec, data, setting, seed, ctx, memo):
 def evaluate_detection(entry, ctx):
     """Image AUROC, pixel AUROC and PRO (not on STC: one curve over millions of pixels)."""
     data = ctx.datasets.get(entry.setting, entry.class_name, entry.seed)
-    ctx.memo.enter((entry.setting, entry.class_name, entry.seed, id(data)))
+    # The data seed, not the model's: Rd seeds and PCA share one class's features.
+    data_seed = entry.seed if entry.setting == "rd-mvtec" else 0
+    ctx.memo.enter((entry.setting, entry.class_name, data_seed))
     maps, scores, fit_s, predict_s = fit_predict(entry.spec, data, entry.setting, entry.seed,
                                                  ctx, ctx.memo)
     masks = data.masks(*_geometry(_leaf(entry.spec), entry.setting, ctx))
@@ -729,12 +736,15 @@ def run_entries(entries, evaluate_fn, cache_path, log):
         label = (f"[{i}/{len(entries)}] {entry.setting} {entry.class_name} {entry.model} "
                  f"seed {entry.seed}")
         previous = records.get(entry.key)
-        if previous is not None and previous["status"] == "ok":
+        # A result of another skpadim version may predate a fix: it is measured again.
+        if (previous is not None and previous["status"] == "ok"
+                and previous.get("skpadim") == skpadim.__version__):
             log(f"{label}: cached")
             continue
         start = time.perf_counter()
         record = {"key": entry.key, "setting": entry.setting, "model": entry.model,
-                  "spec": entry.spec.key, "class": entry.class_name, "seed": entry.seed}
+                  "spec": entry.spec.key, "class": entry.class_name, "seed": entry.seed,
+                  "skpadim": skpadim.__version__}
         try:
             record.update(status="ok", metrics=_jsonable(evaluate_fn(entry)))
         except Exception as exc:  # a failed class must not stop the others
@@ -1027,6 +1037,16 @@ def run_tables(profile, args, evaluate_fn=None, log=None):
     ctx = Context(profile, DataSets(profile, args.mvtec, args.stc), device=args.device,
                   batch_size=args.batch_size, weights_dir=args.weights_dir,
                   random_weights=args.random_weights, memo_bytes=args.feature_memory_gb * 1e9)
+    # Timings and sizes belong to the device and thread count they were measured with: a
+    # rerun with others measures them again instead of reusing the cache.
+    try:
+        from skpadim._torch import resolve_device
+
+        device = str(resolve_device(args.device))
+    except Exception:  # an unusable device fails each measurement, with its message
+        device = str(args.device)
+    profile = replace(profile, options={
+        **profile.options, "cost_machine": f"{device},{torch.get_num_threads()}threads"})
     table_ids = [t for t in args.tables if _skip_reason(TABLES[t], args) is None]
     entries = plan(profile, table_ids, ctx.weights_tag)
     log(f"{len(entries)} measurements for tables {', '.join(table_ids)}")
@@ -1049,7 +1069,6 @@ def run_tables(profile, args, evaluate_fn=None, log=None):
 
 
 def _meta(args, profile, ctx, elapsed):
-    import skpadim
     from skpadim._torch import resolve_device
 
     try:

@@ -20,13 +20,21 @@ def from_numpy(X, dtype=None):
 def resolve_device(device):
     """``"auto"`` -> CUDA when available, else CPU; anything else is checked and returned."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigurationError(
+            f"device={device!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigurationError(
             f"device={str(device)!r} was requested but CUDA is not available here; "
             "use device='cpu' or 'auto'"
         )
+    if device.type == "cuda" and device.index is None:
+        # With an index, comparing it with a tensor's device (always indexed) is meaningful.
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 

@@ -16,9 +16,10 @@ Exit status
 -----------
 0 success; 1 unexpected error (a bug: the traceback is printed); 2 usage error (unknown
 option, invalid value); 3 data error (missing folder, unrecognised layout, unreadable or
-corrupt image or mask); 4 model file error (missing, unreadable, or not a fitted skpadim
-model; or the model file cannot be written); 5 backbone error (weights that cannot be
-downloaded or loaded, a missing optional package); 130 interrupted (Ctrl-C).
+corrupt image or mask); 4 file error (a model file missing, unreadable, or not a fitted
+skpadim model; a model file or other output that cannot be written); 5 backbone error
+(weights that cannot be downloaded or loaded, a missing optional package); 130 interrupted
+(Ctrl-C).
 
 Expected errors print one line to stderr, ``skpadim <command>: error: <what and where>``,
 without a traceback. Progress bars and information go to stderr, results to stdout;
@@ -62,8 +63,9 @@ exit status:
   1  unexpected error (a bug; the traceback is printed)
   2  usage error: unknown option or invalid value
   3  data error: missing folder, unknown layout, unreadable or corrupt image or mask
-  4  model file error: missing, unreadable or not a fitted skpadim model
-  5  backbone error: weights that cannot be downloaded or loaded
+  4  file error: model file missing, unreadable or not a fitted skpadim model; an output
+     file or folder that cannot be written
+  5  backbone error: weights that cannot be loaded, a missing optional package
   130  interrupted (Ctrl-C)
 """
 
@@ -376,7 +378,7 @@ def _open_data(path, fmt="auto", category=None, frame_step=1):
     from .datasets import MVTEC_CATEGORIES, load_folder, load_mvtec, load_stc
     from .exceptions import DatasetError
 
-    path = os.path.normpath(os.fspath(path))
+    path = os.path.abspath(os.fspath(path))  # "." and ".." name their folder too
     if not os.path.isdir(path):
         state = "is not a folder" if os.path.exists(path) else "not found"
         raise DatasetError(f"data set folder {state}: {path!r}")
@@ -468,26 +470,35 @@ def _folder_name(path):
 
 def _match_masks(images, targets):
     """Each image's mask from ``targets`` (files or folders), by name; None where none.
+    Also returns the masks that belong to no image.
 
     Mask ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` belongs to image ``<stem>.<ext>``. When
     some image folder has a namesake among the mask folders (MVTec AD's ``test/<defect>`` and
     ``ground_truth/<defect>``), where file names repeat across defects, a mask must also sit
-    in the folder named like its image's folder; images of other folders (``test/good``)
-    get none.
+    in the folder named like its image's folder. Images in a folder named ``good`` are
+    normal in every layout skpadim reads, and get no mask.
     """
+    from .exceptions import DatasetError
+
     masks = _list_images(targets)
     mask_folders = {_folder_name(m) for m in masks}
     by_folder = any(_folder_name(image) in mask_folders for image in images)
     index = {}
     for mask in masks:
         key = (_folder_name(mask) if by_folder else None, _stem(mask))
-        index.setdefault(key, mask)
+        if key in index:
+            raise DatasetError(f"masks {index[key]!r} and {mask!r} have the same name; "
+                               "pass the mask folder of one defect type at a time")
+        index[key] = mask
     out = []
     for image in images:
         folder = _folder_name(image) if by_folder else None
         stem = _stem(image)
-        out.append(index.get((folder, stem + "_mask"), index.get((folder, stem))))
-    return out
+        normal = _folder_name(image) == "good"
+        out.append(None if normal else
+                   index.get((folder, stem + "_mask"), index.get((folder, stem))))
+    unmatched = sorted(set(masks) - set(m for m in out if m is not None))
+    return out, unmatched
 
 
 def _read_masks(refs, images, resize, crop):
@@ -518,16 +529,37 @@ def _load_model(path):
             f"cannot read model file {path!r} ({type(exc).__name__}: {exc}); is it a file "
             "written by 'skpadim fit' with a compatible skpadim version?",
         ) from None
+    from .gaussian import PatchGaussian
+
     features = model[0] if isinstance(model, Pipeline) else None
     if (features is None or not hasattr(features, "module_") or len(model) < 2
-            or not hasattr(model[-1], "offset_") or not hasattr(model[-1], "anomaly_maps")):
+            or not isinstance(model[-1], PatchGaussian) or not hasattr(model[-1], "offset_")):
+        # The commands score images by their map's maximum and colour overlays against
+        # the threshold in map units: PaDiM's rule. SPADE's image score is a different
+        # quantity, so its pipelines are scored from Python.
         raise _Failure(
             EXIT_MODEL_FILE,
-            f"model file {path!r} holds a {type(model).__name__}, not a fitted skpadim "
-            "pipeline (BackboneFeatures first, a fitted detector last); make one with "
-            "'skpadim fit'",
+            f"model file {path!r} holds a {_describe(model)}, not a fitted PaDiM pipeline "
+            "(BackboneFeatures first, a fitted PatchGaussian last); make one with "
+            "'skpadim fit', or score other detectors from Python with skpadim.anomaly_maps "
+            "and score_samples",
         )
     return model
+
+
+def _on_device(model, device):
+    """Run every step of ``model`` on ``device`` (the --device option), whatever device it
+    was fitted on: a model fitted on a GPU scores on a CPU-only machine."""
+    model.set_params(**{f"{name}__device": device for name, step in model.steps
+                        if "device" in step.get_params(deep=False)})
+    return model
+
+
+def _describe(model):
+    steps = getattr(model, "steps", None)
+    if steps:
+        return "Pipeline of " + " -> ".join(type(step).__name__ for _, step in steps)
+    return type(model).__name__
 
 
 def _save_model(model, path):
@@ -601,11 +633,15 @@ def _seen_images(model, paths):
 
 def _unique_names(paths):
     """A distinct overlay file name per image path: its stem, numbered on collisions."""
-    seen, names = {}, []
+    used, names = set(), []
     for path in paths:
-        stem = _stem(path)
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+        stem = name = _stem(path)
+        k = 1
+        while name in used:
+            k += 1
+            name = f"{stem}-{k}"
+        used.add(name)
+        names.append(name)
     return names
 
 
@@ -623,6 +659,9 @@ def _cmd_fit(args, log):
         )
     resize = _geometry(args.resize, data, "resize", 256)
     crop = _geometry(args.crop, data, "crop", 224)
+    if resize is not None and crop is not None and crop > resize:
+        raise _Failure(EXIT_USAGE, f"the crop ({crop}) is larger than the resize ({resize}); "
+                                   "pass a --crop no larger than --resize, or --crop none")
     n_features = {"auto": "auto", "all": None}.get(args.n_features, args.n_features)
     layers = None if args.layers is None else [s.strip() for s in args.layers.split(",") if s]
     model = make_padim(
@@ -648,12 +687,15 @@ def _cmd_score(args, log):
     from .report import heat_range, save_overlay
     from .scoring import image_scores
 
-    model = _load_model(args.model)
+    model = _on_device(_load_model(args.model), args.device)
     features, detector = model[0], model[-1]
     paths = _list_images(args.images)
-    masks = _match_masks(paths, args.masks) if args.masks else [None] * len(paths)
+    masks, unmatched = [None] * len(paths), []
     if args.masks:
-        log.info(f"{sum(m is not None for m in masks)} of {len(paths)} images have a mask")
+        masks, unmatched = _match_masks(paths, args.masks)
+        log.info(f"{sum(m is not None for m in masks)} of {len(paths)} images have a mask"
+                 + (f"; {len(unmatched)} masks belong to no image given, e.g. "
+                    f"{unmatched[0]!r}" if unmatched else ""))
     vmin, vmax = heat_range(model)
     names = _unique_names(paths)
     os.makedirs(args.out, exist_ok=True)
@@ -700,7 +742,7 @@ def _cmd_evaluate(args, log):
                          select_for_overlays, write_report)
     from .scoring import image_scores
 
-    model = _load_model(args.model)
+    model = _on_device(_load_model(args.model), args.device)
     features = model[0]
     data, name, description = _open_data(args.data, args.format, args.category,
                                          args.frame_step)
@@ -758,8 +800,12 @@ def _cmd_demo(args, log):
     from .report import metrics_markdown
 
     log.info(f"demo: fitting and evaluating PaDiM per texture; report in {args.out}")
-    result = run_demo(args.out, quick=args.quick, device=args.device,
-                      batch_size=args.batch_size, verbose=not args.quiet)
+    try:
+        result = run_demo(args.out, quick=args.quick, device=args.device,
+                          batch_size=args.batch_size, verbose=not args.quiet)
+    except ImportError as exc:
+        raise _Failure(EXIT_BACKBONE, f"the demo needs a package that is not installed "
+                                      f"({exc}); pip install 'skpadim[demo]'") from None
     print(metrics_markdown(result.report, per_type=False))
     print(f"report written to {result.out_dir} (metrics.md has every defect type; overlays in "
           f"{os.path.join(result.out_dir, 'overlays')})")
@@ -825,6 +871,9 @@ def main(argv=None):
         return fail(EXIT_DATA, exc)
     except SkpadimError as exc:  # invalid option values the library rejected
         return fail(EXIT_USAGE, exc)
+    except OSError as exc:  # reading errors are DatasetErrors by now: an output failed
+        where = f": {exc.filename!r}" if exc.filename else ""
+        return fail(EXIT_MODEL_FILE, f"cannot write {exc.strerror or exc}{where}")
     except KeyboardInterrupt:
         return fail(EXIT_INTERRUPTED, "interrupted")
     except Exception as exc:

@@ -484,7 +484,8 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
             if moments is None:
                 moments = PatchMoments.empty(batch.to(torch.float64).mean(dim=1))
             moments = moments.update(batch)
-        self._moments = moments
+        # Kept for partial_fit, on the CPU: a GPU's memory goes to scoring.
+        self._moments = PatchMoments(*(t.cpu() if torch.is_tensor(t) else t for t in moments))
         self._flat_ = X.ndim == 2
         self.grid_shape_ = (1, 1) if X.ndim == 2 else tuple(X.shape[2:])
         self.n_samples_seen_ = moments.count
@@ -499,6 +500,12 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
             packed.append(_pack_upper(precision_cholesky(cov, self.reg_covar)).to(dtype).cpu())
         self.mean_ = moments.mean.to(torch.float32).cpu().numpy()
         self._packed_chol = torch.cat(packed)
+        if not torch.isfinite(self._packed_chol).all():
+            raise InvalidImageError(
+                f"the precision factors overflow {self.storage_dtype} (features with very "
+                f"small variance and reg_covar={self.reg_covar}); use storage_dtype='float32' "
+                "or a larger reg_covar"
+            )
         self.reg_covar_ = float(self.reg_covar)
         self.__dict__.pop("_chol_cache", None)
 

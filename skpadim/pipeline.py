@@ -183,22 +183,19 @@ def anomaly_maps(estimator, X, batch_size=64):
     return np.concatenate(maps)
 
 
-def _fit_transformers(transformers, X, batch_size):
+def _fit_transformers(transformers, first, X, batch_size):
     """Fit the steps before the detector, in order, without holding all features at once;
-    return the first batch's features.
+    return the features of ``first``, the first batch of ``X``.
 
     A step with ``partial_fit`` learns from the data (:class:`~skpadim.PatchPCA`): it gets
     one pass over every image, batch by batch. The others (the backbone, the channel draw)
     learn nothing from the images and are fitted on the first batch.
     """
-    first = next(_image_slices(X, batch_size))
     for k, (_, step) in enumerate(transformers.steps):
+        step.fit(first)  # fit, not partial_fit: a refit starts from scratch
         if hasattr(step, "partial_fit"):
-            step.fit(first)  # fit, not partial_fit: a refit starts from scratch
             for part in itertools.islice(_image_slices(X, batch_size), 1, None):
                 step.partial_fit(transformers[:k].transform(part) if k else part)
-        else:
-            step.fit(first)
         first = step.transform(first)
     return first
 
@@ -257,12 +254,10 @@ def fit_in_batches(pipeline, X, batch_size=64, calibrate=True):
         raise InvalidImageError("fitting needs at least 2 training images")
     if hasattr(final, "_reset"):
         final._reset()  # a refit starts from scratch, as fit would
-    if transformers is None:
-        parts = _image_slices(X, batch_size)
-    else:
-        rest = itertools.islice(_image_slices(X, batch_size), 1, None)
-        parts = itertools.chain([_fit_transformers(transformers, X, batch_size)],
-                                map(transformers.transform, rest))
+    parts = _image_slices(X, batch_size)
+    if transformers is not None:
+        first = _fit_transformers(transformers, next(parts), X, batch_size)
+        parts = itertools.chain([first], map(transformers.transform, parts))
     for part in parts:
         final.partial_fit(part)
     if calibrate:

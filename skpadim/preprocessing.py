@@ -363,9 +363,15 @@ def transform_masks(masks, resize=None, crop=None):
     (1, 224, 224)
     """
     if _is_path_list(masks):
-        out = [
-            transform_masks(read_image(p)[None, ..., 0] > 0, resize, crop)[0] for p in masks
-        ]
+        # Any non-black pixel is defect, in whichever channel (palette masks read as RGB).
+        out = [transform_masks(read_image(p).any(axis=-1)[None], resize, crop)[0]
+               for p in masks]
+        sizes = {m.shape for m in out}
+        if len(sizes) > 1:
+            raise InvalidImageError(
+                f"mask files come out at different sizes {sorted(sizes)} (e.g. "
+                f"{os.fspath(masks[0])!r}: {out[0].shape}); set resize so they share one"
+            )
         return np.stack(out)
     masks = np.asarray(masks)
     if masks.ndim != 3:

@@ -19,6 +19,7 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
+from ._torch import from_numpy
 from .exceptions import InvalidImageError
 
 __all__ = [
@@ -39,7 +40,7 @@ BORDER_MODES = ("reflect", "mirror", "nearest", "constant", "wrap")
 
 
 def _as_tensor(maps):
-    t = maps if isinstance(maps, torch.Tensor) else torch.from_numpy(np.asarray(maps))
+    t = maps if isinstance(maps, torch.Tensor) else from_numpy(maps)
     t = t.detach().to("cpu", torch.float32)
     if t.ndim != 3:
         raise InvalidImageError(f"maps must have shape (n, h, w), got {tuple(t.shape)}")
@@ -76,17 +77,29 @@ def upsample_maps(maps, size, interpolation="bicubic"):
     >>> upsample_maps(np.ones((2, 4, 4)), 16).shape
     (2, 16, 16)
     """
-    if interpolation not in INTERPOLATIONS:
-        raise InvalidImageError(
-            f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
-        )
+    _check_options(interpolation=interpolation)
     t = _as_tensor(maps)
     size = _size(size)
     if tuple(t.shape[-2:]) == size:
         return t.numpy().copy()
-    kwargs = {} if interpolation == "nearest" else {"align_corners": False}
-    mode = "nearest-exact" if interpolation == "nearest" else interpolation
-    return F.interpolate(t[:, None], size=size, mode=mode, **kwargs)[:, 0].numpy()
+    return _resize(t[:, None], size, interpolation)[:, 0].numpy()
+
+
+def _check_options(interpolation=None, mode=None):
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise InvalidImageError(
+            f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
+        )
+    if mode is not None and mode not in BORDER_MODES:
+        raise InvalidImageError(f"mode must be one of {BORDER_MODES}, got {mode!r}")
+
+
+def _resize(t, size, interpolation):
+    """torch's resize of (n, c, h, w) ``t``, corners not aligned; "nearest" rounds to the
+    nearest source pixel ("nearest-exact"), so each patch value sits at its centre."""
+    if interpolation == "nearest":
+        return F.interpolate(t, size=size, mode="nearest-exact")
+    return F.interpolate(t, size=size, mode=interpolation, align_corners=False)
 
 
 def gaussian_smooth(maps, sigma=4.0, truncate=4.0, mode="reflect", cval=0.0):
@@ -119,8 +132,7 @@ def gaussian_smooth(maps, sigma=4.0, truncate=4.0, mode="reflect", cval=0.0):
     >>> bool(out[0, 4, 4] < 1.0), round(float(out.sum()), 5)
     (True, 1.0)
     """
-    if mode not in BORDER_MODES:
-        raise InvalidImageError(f"mode must be one of {BORDER_MODES}, got {mode!r}")
+    _check_options(mode=mode)
     maps = _as_tensor(maps).numpy()
     if sigma == 0:
         return maps.copy()
@@ -176,17 +188,10 @@ def anomaly_maps(
 def _axis_operator(n_in, n_out, interpolation, sigma, truncate, mode):
     """``(n_out, n_in)`` float32 matrix of 1-D resizing to ``n_out`` followed by the 1-D
     Gaussian filter, obtained by passing each unit vector through both steps."""
-    if interpolation not in INTERPOLATIONS:
-        raise InvalidImageError(
-            f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
-        )
-    if mode not in BORDER_MODES:
-        raise InvalidImageError(f"mode must be one of {BORDER_MODES}, got {mode!r}")
+    _check_options(interpolation=interpolation, mode=mode)
     impulses = torch.eye(n_in, dtype=torch.float64)[:, None, None, :]  # (n_in, 1, 1, n_in)
-    kwargs = {} if interpolation == "nearest" else {"align_corners": False}
-    name = "nearest-exact" if interpolation == "nearest" else interpolation
     # A 2-D resize of 1-pixel-high images is the 1-D resize of torch's 2-D kernels.
-    resized = F.interpolate(impulses, size=(1, n_out), mode=name, **kwargs)[:, 0, 0, :]
+    resized = _resize(impulses, (1, n_out), interpolation)[:, 0, 0, :]
     operator = resized.numpy().T  # (n_out, n_in): column i is the response to impulse i
     if sigma > 0:
         operator = scipy.ndimage.gaussian_filter1d(

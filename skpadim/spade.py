@@ -22,6 +22,7 @@ from numbers import Integral
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -175,8 +176,20 @@ def _as_tensor(array):
 
 
 def _native_indices(size, coarse):
-    """Positions on a grid of ``size`` that hold each of ``coarse`` nearest-upsampled cells."""
-    return np.array([math.ceil(j * size / coarse) for j in range(coarse)])
+    """Positions on a grid of ``size`` that hold each of ``coarse`` nearest-upsampled cells.
+
+    Asked of torch's own "nearest" resize (what :func:`~skpadim.features.concat_layers`
+    uses): its float32 scale factor makes a closed form disagree at some sizes.
+    """
+    cells = torch.arange(coarse, dtype=torch.float32)[None, None, :, None]
+    upsampled = F.interpolate(cells, size=(size, 1), mode="nearest")[0, 0, :, 0].long()
+    first = torch.full((coarse,), -1, dtype=torch.long)
+    first.scatter_reduce_(0, upsampled, torch.arange(size), reduce="amin", include_self=False)
+    if (first < 0).any():
+        raise ConfigurationError(
+            f"a {coarse}-cell layer does not fit a {size}-position grid; check layer_strides"
+        )
+    return first.numpy()
 
 
 class SPADE(AnomalyMapMixin, BaseEstimator):

@@ -232,7 +232,7 @@ def test_help_shows_an_example_and_the_exit_codes(command, capsys):
     assert main([command, "--help"]) == EXIT_OK
     out = capsys.readouterr().out
     assert f"examples:\n  skpadim {command} " in out
-    assert "3  data error" in out and "4  model file error" in out
+    assert "3  data error" in out and "4  file error" in out
 
 
 def test_usage_errors_exit_2(capsys, tmp_path):
@@ -241,3 +241,58 @@ def test_usage_errors_exit_2(capsys, tmp_path):
     assert main(["evaluate", "m.joblib", str(tmp_path), "--out", "o", "--max-fpr", "2"]) == 2
     err = capsys.readouterr().err
     assert "a command is required" in err and "--n-features" in err and "--max-fpr" in err
+
+
+FAST_FIT = ["--backbone", "efficientnet_lite0", "--weights", "none", "--n-features", "20",
+            "--resize", "64", "--crop", "none", "--quiet"]
+
+
+def test_option_and_output_errors_have_their_exit_codes(trees, tmp_path, capsys):
+    data, model = str(trees["folder"]), str(tmp_path / "m.joblib")
+
+    def run(*argv):
+        code = main([str(a) for a in argv])
+        return code, capsys.readouterr().err
+
+    code, err = run("fit", data, "--model", model, *FAST_FIT[:-5], "--resize", 64, "--crop",
+                    100)
+    assert code == EXIT_USAGE and "--crop no larger than --resize" in err
+    code, err = run("fit", data, "--model", model, *FAST_FIT, "--device", "bogus")
+    assert code == EXIT_USAGE and "'bogus' is not a torch device" in err
+    assert run("fit", data, "--model", model, *FAST_FIT)[0] == EXIT_OK
+    taken = tmp_path / "a_file"
+    taken.write_text("")
+    code, err = run("score", model, trees["folder"] / "good", "--out", taken, "--quiet")
+    assert code == EXIT_MODEL_FILE and str(taken) in err and "Traceback" not in err
+
+
+def test_fit_accepts_the_current_folder(trees, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(trees["mvtec_root"] / "bottle")
+    assert main(["fit", ".", "--model", str(tmp_path / "m.joblib"), *FAST_FIT]) == EXIT_OK
+
+
+def test_score_refuses_a_model_it_cannot_threshold(trees, tmp_path, capsys):
+    import joblib
+
+    from skpadim import make_spade
+
+    spade = make_spade("efficientnet_lite0", weights=None, resize=64, crop=None,
+                       n_neighbors=2).fit(sorted(map(str, (trees["folder"] / "good").iterdir())))
+    joblib.dump(spade, tmp_path / "spade.joblib")
+    code = main(["score", str(tmp_path / "spade.joblib"), str(trees["folder"] / "good"),
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == EXIT_MODEL_FILE and "SPADE" in err and "not a fitted PaDiM pipeline" in err
+
+
+def test_masks_pair_with_images_of_their_own_defect_only(tmp_path):
+    from skpadim.cli import _match_masks
+
+    for folder, name in [("test/good", "000.png"), ("test/crack", "000.png"),
+                         ("ground_truth/crack", "000_mask.png")]:
+        _save(tmp_path / folder / name, np.zeros((8, 8), np.uint8))
+    mask = str(tmp_path / "ground_truth/crack/000_mask.png")
+    good, crack = str(tmp_path / "test/good/000.png"), str(tmp_path / "test/crack/000.png")
+    assert _match_masks([good], [str(tmp_path / "ground_truth/crack")]) == ([None], [mask])
+    assert _match_masks([good, crack], [str(tmp_path / "ground_truth/crack")]) == (
+        [None, mask], [])

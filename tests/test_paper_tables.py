@@ -145,3 +145,14 @@ def test_a_rerun_reuses_finished_measurements_and_retries_failed_ones(tmp_path):
                           "--tables", "I")
     assert len(retried) == 1 and "interrupted" not in second
     assert all(m["status"] == "ok" for m in results["measurements"])
+
+
+def test_results_of_another_skpadim_version_are_measured_again(tmp_path):
+    run(tmp_path, fake_metrics, "--tables", "I")
+    cache = tmp_path / "cache.jsonl"
+    records = [json.loads(line) for line in cache.read_text().splitlines()]
+    records[0]["skpadim"] = "0.0.0"
+    cache.write_text("".join(json.dumps(r) + "\n" for r in records))
+    again = []
+    run(tmp_path, lambda e: again.append(e.key) or fake_metrics(e), "--tables", "I")
+    assert again == [records[0]["key"]]

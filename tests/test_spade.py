@@ -343,3 +343,15 @@ def test_pipeline_with_backbone_features_round_trips(tmp_path):
     loaded = joblib.load(tmp_path / "pipe.joblib")
     assert_array_equal(anomaly_maps(loaded, images), anomaly_maps(pipe, images))
     assert_array_equal(loaded.predict(images), pipe.predict(images))
+
+
+@pytest.mark.parametrize("size, stride", [(56, 4), (122, 8), (183, 16), (198, 4)])
+def test_native_cells_are_found_where_torch_put_them(size, stride):
+    """torch's nearest resize uses a float32 scale; at these sizes a closed form is off."""
+    from skpadim.spade import _native_indices
+
+    coarse = -(-size // stride)
+    cells = torch.from_numpy(np.random.RandomState(0).rand(1, 1, coarse, coarse)).float()
+    upsampled = torch.nn.functional.interpolate(cells, size=(size, size), mode="nearest")
+    index = torch.from_numpy(_native_indices(size, coarse))
+    assert_array_equal(upsampled[0, 0][index][:, index], cells[0, 0])
