@@ -44,14 +44,17 @@ class AnomalyMapMixin(OutlierMixin):
     def _map_size(self, grid_shape):
         if self.map_size is None:
             return tuple(DEFAULT_GRID_STRIDE * g for g in grid_shape)
-        if isinstance(self.map_size, (int, np.integer)):
-            return (int(self.map_size),) * 2
-        size = tuple(int(s) for s in self.map_size)
-        if len(size) != 2 or min(size) < 1:
+        size = (self.map_size,) * 2 if isinstance(self.map_size, Integral) else self.map_size
+        if len(size) != 2 or not all(isinstance(s, Integral) and s >= 1 for s in size):
             raise InvalidImageError(
-                f"map_size must be an int or (height, width), got {self.map_size!r}"
+                f"map_size must be a positive int or (height, width) of positive ints, got "
+                f"{self.map_size!r}"
             )
-        return size
+        return tuple(int(s) for s in size)
+
+    def _check_map_size(self):
+        """Fail in ``fit`` on a bad ``map_size``, not when maps are first asked for."""
+        self._map_size((1, 1))
 
     def patch_distances(self, X):
         """Distance of every patch to its normal model: the paper's raw anomaly measure.

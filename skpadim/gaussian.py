@@ -427,6 +427,7 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
             The fitted estimator.
         """
         self._reset()
+        self._check_map_size()
         X, _ = self._validate(X, reset=True)
         X = self._normal_samples(X, y)
         self._accumulate(X)
@@ -454,6 +455,8 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
             The updated estimator.
         """
         first = not hasattr(self, "n_samples_seen_")
+        if first:
+            self._check_map_size()
         X, _ = self._validate(X, reset=first)
         X = self._normal_samples(X, y, min_samples=2 if first else 1)
         self._accumulate(X)

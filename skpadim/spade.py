@@ -458,6 +458,7 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
             The fitted estimator.
         """
         self._reset()
+        self._check_map_size()
         X = self._normal_samples(self._validate(X, reset=True), y)
         self._store(X)
         if self.n_neighbors > self.n_samples_fit_:
@@ -492,6 +493,8 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
             The updated estimator.
         """
         first = not hasattr(self, "n_samples_fit_")
+        if first:
+            self._check_map_size()
         X = self._normal_samples(self._validate(X, reset=first), y,
                                  min_samples=2 if first else 1)
         if not first and X.ndim == 4 and self._layer_grids(X) != self.layer_grids_:

@@ -588,6 +588,7 @@ class VAE(ImageModuleMixin, AnomalyMapMixin, BaseEstimator):
         self : VAE
             The fitted estimator.
         """
+        self._check_map_size()
         images = self._load(self._normal_samples(X, y))
         crop, random_crop = self._geometry(images.shape[-2:])
         rng = check_random_state(self.random_state)

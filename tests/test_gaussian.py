@@ -231,3 +231,11 @@ def test_singular_covariance_without_regulariser_says_what_to_do(rng):
     X = rng.normal(size=(3, 6))  # fewer samples than features
     with pytest.raises(InvalidImageError, match="increase reg_covar"):
         PatchGaussian(reg_covar=0.0).fit(X)
+
+
+@pytest.mark.parametrize("map_size", [(0, 4), (10.7, 4), ("a", 4), (8, 8, 8)])
+def test_a_bad_map_size_fails_in_fit(feature_maps, map_size):
+    with pytest.raises(InvalidImageError, match="map_size must be a positive int"):
+        PatchGaussian(map_size=map_size).fit(feature_maps)
+    with pytest.raises(InvalidImageError, match="map_size must be a positive int"):
+        PatchGaussian(map_size=map_size).partial_fit(feature_maps)
