@@ -6,7 +6,6 @@ needs no network: cross-references to other projects come from inventories kept 
 install with the ``docs`` extra.
 """
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -152,18 +151,11 @@ intersphinx_mapping = {
 }
 
 # -- sphinx-gallery ---------------------------------------------------------------------
-# Examples that need a module another part of the package may not have yet are skipped
-# rather than failing the build.
-_EXAMPLE_NEEDS = {"plot_compare_methods.py": ("skpadim.spade", "skpadim.vae")}
-_skipped = [
-    name for name, modules in _EXAMPLE_NEEDS.items()
-    if any(importlib.util.find_spec(module) is None for module in modules)
-]
 sphinx_gallery_conf = {
     "examples_dirs": "examples",
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",
-    "ignore_pattern": "|".join([r"__init__\.py"] + [name.replace(".", r"\.") for name in _skipped]),
+    "ignore_pattern": r"__init__\.py",
     "within_subsection_order": "FileNameSortKey",
     "doc_module": ("skpadim",),
     "backreferences_dir": "api/generated/backreferences",
