@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import make_pipeline
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from . import scoring
 from ._compat import Interval, StrOptions, _fit_context
 from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
 from ._torch import resolve_device
+from ._validation import validate_feature_maps
 from .backbones import BACKBONES, build_trunk
 from .exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
 from .features import BackboneFeatures
@@ -368,19 +369,8 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ input handling
     def _validate(self, X, reset):
-        X = validate_data(
-            self,
-            X,
-            reset=reset,
-            allow_nd=True,
-            dtype=[np.float64, np.float32],
-            ensure_min_samples=2 if reset else 1,
-        )
-        if X.ndim not in (2, 4):
-            raise InvalidImageError(
-                f"expected feature maps (n, channels, h, w) or vectors (n, features), got "
-                f"shape {X.shape}"
-            )
+        X = validate_feature_maps(self, X, reset=reset, dtype=[np.float64, np.float32],
+                                  ensure_min_samples=2 if reset else 1)
         if not reset and (X.ndim == 2) != self._flat_:
             seen = "vectors (n, features)" if self._flat_ else "feature maps (n, channels, h, w)"
             raise InvalidImageError(
