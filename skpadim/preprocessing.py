@@ -1,11 +1,30 @@
 """Turning what users hold (arrays, file paths) into network-ready image tensors.
 
-Images enter skpadim in one of three forms, and leave this module as float32 tensors
+Images enter skpadim in one of these forms, and leave this module as float32 tensors
 ``(n, 3, H, W)`` in [0, 1]:
 
-- uint8 arrays ``(n, H, W, 3)`` or ``(n, H, W)`` (grayscale), as image readers return them;
+- uint8 arrays ``(n, H, W, 3)``, ``(n, H, W, 1)`` or ``(n, H, W)`` (grayscale), as image
+  readers return them; divided by 255;
+- uint16 arrays of the same shapes (16-bit images); divided by 65535, so they keep their
+  precision;
 - float arrays ``(n, 3, H, W)`` or ``(n, 1, H, W)`` with values in [0, 1], as torch uses them;
-- a list of image file paths (any size; each is resized on its own).
+- a list of arrays sharing one shape and dtype, taken as the array they stack to;
+- a list of image file paths (any size; each is resized on its own). :func:`read_image`
+  reads 8-bit files as uint8 and 16-bit ones (PIL modes ``"I;16*"`` and ``"I"``) as uint16.
+
+Input that can be read more than one way, or only by losing information, is refused with an
+:class:`~skpadim.exceptions.InvalidImageError` saying what to pass instead, rather than
+guessed at:
+
+- a 3-D uint8 or uint16 array whose last axis is 3 or 4, such as one ``(H, W, 3)`` image: it
+  could as well be a stack of grayscale images 3 pixels wide. Pass one image as ``X[None]``,
+  a stack of grayscale images as ``X[..., None]`` (shape ``(n, H, W, 1)``);
+- 4-channel (RGBA) arrays: drop alpha with ``X[..., :3]``, or blend it onto a background
+  first if transparent pixels matter. (Image *files* with alpha are read as RGB, alpha
+  dropped, as PIL converts them.);
+- empty input, lists of arrays of different shapes or dtypes, lists mixing paths and arrays;
+- image files of 32-bit floats (PIL mode ``"F"``), whose scale is unknown, or of integers
+  outside 16 bits (mode ``"I"``).
 
 Masks go through :func:`transform_masks`, the same geometry as the images, so metrics
 compare like with like.
@@ -35,6 +54,11 @@ def _open_image(path):
     try:
         with Image.open(path) as img:
             yield img
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(
+            f"image {os.fspath(path)!r} is larger than PIL allows ({exc}); if you trust the "
+            "file, raise the limit: PIL.Image.MAX_IMAGE_PIXELS = <pixels>, or None for none"
+        ) from exc
     except FileNotFoundError as exc:
         raise DatasetError(f"image file not found: {os.fspath(path)!r}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -76,11 +100,17 @@ def image_size(path):
     return height, width
 
 
-def read_image(path):
-    """Read one image file as a uint8 RGB array ``(H, W, 3)``.
+# PIL modes of 16-bit grayscale files (PNG, TIFF, PGM); some open as 32-bit "I".
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
-    Grayscale and palette images are converted to RGB; the whole file is decoded now, so a
-    truncated file fails here with its name rather than later.
+
+def read_image(path):
+    """Read one image file as an RGB array ``(H, W, 3)``: uint8, or uint16 for 16-bit files.
+
+    Grayscale and palette images are converted to RGB and alpha is dropped; the whole file is
+    decoded now, so a truncated file fails here with its name rather than later. 16-bit
+    grayscale files (PIL modes ``"I;16"``, ``"I;16B"``, ``"I;16L"``, and ``"I"`` with values
+    in 0..65535) keep their 16 bits as uint16 instead of being clipped to 8.
 
     Parameters
     ----------
@@ -89,13 +119,17 @@ def read_image(path):
 
     Returns
     -------
-    image : ndarray of shape (H, W, 3), dtype uint8
-        The decoded image, a writable array.
+    image : ndarray of shape (H, W, 3), dtype uint8 or uint16
+        The decoded image, a writable array; uint16 (values 0..65535) for 16-bit files.
 
     Raises
     ------
     DatasetError
-        If the file is missing or cannot be decoded as an image.
+        If the file is missing, cannot be decoded as an image, or has more pixels than
+        ``PIL.Image.MAX_IMAGE_PIXELS`` allows.
+    InvalidImageError
+        If the file holds 32-bit floats (PIL mode ``"F"``), whose scale is unknown, or
+        integers outside 0..65535 (mode ``"I"``).
 
     Examples
     --------
@@ -103,16 +137,42 @@ def read_image(path):
     >>> import numpy as np
     >>> from PIL import Image
     >>> from skpadim.preprocessing import read_image
-    >>> path = os.path.join(tempfile.mkdtemp(), "gray.png")
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "gray.png")
     >>> Image.fromarray(np.full((4, 6), 200, dtype=np.uint8)).save(path)   # grayscale
     >>> image = read_image(path)
     >>> image.shape, image.dtype, image[0, 0].tolist()
     ((4, 6, 3), dtype('uint8'), [200, 200, 200])
+    >>> path = os.path.join(folder, "deep.png")
+    >>> Image.fromarray(np.full((4, 6), 40000, dtype=np.uint16)).save(path)  # 16-bit
+    >>> image = read_image(path)
+    >>> image.shape, image.dtype, image[0, 0].tolist()
+    ((4, 6, 3), dtype('uint16'), [40000, 40000, 40000])
     """
     with _open_image(path) as img:
         img.load()
-        # A writable copy: torch warns on read-only arrays.
-        return np.array(img.convert("RGB"))
+        mode = img.mode
+        if mode == "F":
+            image = None
+        elif mode in _HIGH_BIT_MODES:
+            image = np.array(img)
+        else:
+            # A writable copy: torch warns on read-only arrays.
+            return np.array(img.convert("RGB"))
+    if image is None:
+        raise InvalidImageError(
+            f"image {os.fspath(path)!r} holds 32-bit floats (PIL mode 'F'), whose scale is "
+            "unknown; save it as 8- or 16-bit, or load it yourself and pass float arrays "
+            "(n, 3, H, W) in [0, 1]"
+        )
+    if image.size and (image.min() < 0 or image.max() > 65535):
+        raise InvalidImageError(
+            f"image {os.fspath(path)!r} holds integers in [{image.min()}, {image.max()}] "
+            f"(PIL mode {mode!r}), beyond the 16 bits (0..65535) skpadim reads; rescale it, "
+            "or load it yourself and pass float arrays (n, 3, H, W) in [0, 1]"
+        )
+    # astype also turns big-endian "I;16B" data into native uint16.
+    return np.repeat(image.astype(np.uint16)[..., None], 3, axis=-1)
 
 
 def _is_path_list(X):
@@ -126,33 +186,116 @@ def _is_path_list(X):
     return len(X) > 0 and all(isinstance(x, (str, os.PathLike)) for x in X)
 
 
+def _is_sequence(X):
+    """A list, tuple or 1-D object array: paths, or arrays to stack."""
+    if isinstance(X, np.ndarray):
+        return X.ndim == 1 and X.dtype == object
+    return isinstance(X, (list, tuple))
+
+
+def _few(values, limit=4):
+    values = sorted(values, key=str)
+    shown = ", ".join(map(str, values[:limit]))
+    return "{" + shown + (", ..." if len(values) > limit else "") + "}"
+
+
+def _batch_shape(X):
+    """Shape of the batch ``X`` stands for, without stacking or reading it; None for paths.
+
+    Refuses lists that do not stack into one array: silently making an object array of
+    them, or stacking uint8 with float, leads to errors about anything but the cause.
+    """
+    if _is_path_list(X):
+        return None
+    if not _is_sequence(X):
+        return tuple(X.shape) if hasattr(X, "shape") else np.shape(X)
+    if len(X) == 0:
+        return (0,)
+    is_path = [isinstance(x, (str, os.PathLike)) for x in X]
+    if any(is_path):
+        odd = is_path.index(False) if is_path[0] else is_path.index(True)
+        raise InvalidImageError(
+            f"a list of images mixes file paths and other items (item 0 is a "
+            f"{type(X[0]).__name__}, item {odd} a {type(X[odd]).__name__}); pass only paths "
+            "or only arrays"
+        )
+    items = [np.asarray(x) for x in X]
+    shapes = {x.shape for x in items}
+    dtypes = {x.dtype.name for x in items}
+    if len(shapes) > 1 or len(dtypes) > 1:
+        raise InvalidImageError(
+            "a list of arrays must share one shape and dtype to form one batch; got shapes "
+            f"{_few(shapes)} and dtypes {_few(dtypes)}; pass file paths (each is resized on "
+            "its own) or bring the arrays to one size and dtype first"
+        )
+    return (len(items), *items[0].shape)
+
+
+def _as_array(X):
+    """``X`` (not paths) as one array-like to slice batches from; lists are stacked."""
+    if _is_sequence(X):
+        return np.stack([np.asarray(x) for x in X])
+    return X
+
+
+def _unsigned_to_nhwc(X):
+    """uint8 / uint16 ``(n, H, W[, c])`` -> ``(n, H, W, c)``, refusing ambiguous shapes."""
+    kind = X.dtype.name
+    if X.ndim == 3 and X.shape[-1] in (3, 4):
+        c = X.shape[-1]
+        one = "X[None]" if c == 3 else "X[None, ..., :3] (alpha dropped)"
+        raise InvalidImageError(
+            f"a 3-D {kind} array of shape {X.shape} is ambiguous: one {c}-channel image, or "
+            f"{X.shape[0]} grayscale images {c} pixels wide? Pass one image as {one}, and "
+            "grayscale images as X[..., None], of shape (n, H, W, 1)"
+        )
+    if X.ndim == 3:
+        X = X[..., None]
+    if X.ndim == 4 and X.shape[-1] == 4:
+        raise InvalidImageError(
+            f"{kind} images of shape {X.shape} have 4 channels (RGBA?), but images must have "
+            "shape (n, H, W, 3) or (n, H, W, 1); drop alpha with X[..., :3]"
+        )
+    if X.ndim != 4 or X.shape[-1] not in (1, 3):
+        raise InvalidImageError(
+            f"{kind} images must have shape (n, H, W, 3), (n, H, W, 1) or (n, H, W), got "
+            f"{X.shape}; channels-first {kind} arrays need X.transpose(0, 2, 3, 1)"
+        )
+    return X
+
+
+def _float_hint(shape):
+    if len(shape) == 4 and shape[-1] in (1, 3):
+        return "; it looks channels-last: use X.transpose(0, 3, 1, 2)"
+    if len(shape) == 4 and shape[1] == 4:
+        return "; drop alpha with X[:, :3]"
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return "; for one image use X[None]"
+    return ""
+
+
 def _array_to_tensor(X):
     """Validate one array of images and return float32 ``(n, 3, H, W)`` in [0, 1]."""
     X = np.asarray(X)
     if X.dtype == np.uint8:
-        if X.ndim == 3:
-            X = X[..., None]
-        if X.ndim != 4 or X.shape[-1] not in (1, 3):
-            raise InvalidImageError(
-                f"uint8 images must have shape (n, H, W, 3) or (n, H, W), got {X.shape}; "
-                "channels-first uint8 arrays need X.transpose(0, 2, 3, 1)"
-            )
+        X = _unsigned_to_nhwc(X)
         t = from_numpy(X).permute(0, 3, 1, 2).float().div_(255)
+    elif X.dtype.kind == "u" and X.dtype.itemsize == 2:  # uint16 in either byte order
+        X = _unsigned_to_nhwc(X)
+        # float32's 24-bit mantissa holds every 16-bit value exactly.
+        t = from_numpy(X, dtype=np.float32).permute(0, 3, 1, 2).div_(65535)
     elif np.issubdtype(X.dtype, np.floating):
         if X.ndim != 4 or X.shape[1] not in (1, 3):
-            hint = (
-                "; it looks channels-last: use X.transpose(0, 3, 1, 2)"
-                if X.ndim == 4 and X.shape[-1] in (1, 3)
-                else ""
-            )
             raise InvalidImageError(
-                f"float images must have shape (n, 3, H, W) or (n, 1, H, W), got {X.shape}{hint}"
+                "float images must have shape (n, 3, H, W) or (n, 1, H, W), got "
+                f"{X.shape}{_float_hint(X.shape)}"
             )
         _check_float_range(X)
         t = from_numpy(X, dtype=np.float32)
     else:
         raise InvalidImageError(
-            f"images must be uint8 or float arrays or a list of file paths, got dtype {X.dtype}"
+            "images must be uint8, uint16 or float arrays or a list of file paths, got dtype "
+            f"{X.dtype}"
         )
     if t.shape[1] == 1:
         t = t.expand(-1, 3, -1, -1)
@@ -160,17 +303,22 @@ def _array_to_tensor(X):
 
 
 def n_images(X):
-    """Number of images in ``X`` without loading them."""
-    if _is_path_list(X):
+    """Number of images in ``X`` without loading them.
+
+    Raises :class:`~skpadim.exceptions.InvalidImageError` for empty input, for anything
+    that is not a batch, and for lists whose arrays do not share one shape and dtype.
+    """
+    shape = _batch_shape(X)
+    if shape is None:
         return len(X)
-    if isinstance(X, torch.Tensor):
-        return X.shape[0]
-    X = np.asarray(X) if not hasattr(X, "shape") else X
-    if X.ndim < 2:
+    if len(shape) > 0 and shape[0] == 0:
+        what = f"an empty {type(X).__name__}" if _is_sequence(X) else f"shape {shape}"
+        raise InvalidImageError(f"got no images ({what}); pass at least one image")
+    if len(shape) < 2:
         raise InvalidImageError(
-            f"expected a batch of images, got an array of shape {X.shape}"
+            f"expected a batch of images, got an array of shape {shape}"
         )
-    return X.shape[0]
+    return shape[0]
 
 
 def as_image_batches(X, batch_size, resize=None, crop=None, interpolation="bicubic"):
@@ -198,8 +346,9 @@ def as_image_batches(X, batch_size, resize=None, crop=None, interpolation="bicub
     Raises
     ------
     InvalidImageError
-        If ``X`` is empty, has an unsupported shape or dtype, holds values outside [0, 1]
-        (float arrays), or holds files whose sizes differ after ``resize`` and ``crop``.
+        If ``X`` is empty, has an unsupported or ambiguous shape (see the module docstring)
+        or dtype, holds values outside [0, 1] (float arrays), is a list of arrays that differ
+        in shape or dtype, or holds files whose sizes differ after ``resize`` and ``crop``.
     DatasetError
         If an image file is missing or cannot be decoded.
 
@@ -215,10 +364,9 @@ def as_image_batches(X, batch_size, resize=None, crop=None, interpolation="bicub
     (torch.float32, 1.0)
     """
     n = n_images(X)
-    if n == 0:
-        raise InvalidImageError("got an empty set of images")
     paths = _is_path_list(X)
     if not paths:
+        X = _as_array(X)
         # Validate the whole array once, up front: a NaN in the last batch should fail before
         # minutes of work on the first ones.
         _check_values(X)

@@ -9,12 +9,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, _fit_context
 from ._validation import validate_feature_maps
+from ._versioning import VersionedStateMixin
 from .exceptions import InvalidImageError
 
 __all__ = ["RandomFeatureSelector"]
 
 
-class RandomFeatureSelector(TransformerMixin, BaseEstimator):
+class RandomFeatureSelector(VersionedStateMixin, TransformerMixin, BaseEstimator):
     """Keep ``n_features`` channels drawn at random once, or exactly the ones given.
 
     The paper finds that a random subset of the embedding channels (100 of ResNet18's 448,
@@ -80,6 +81,12 @@ class RandomFeatureSelector(TransformerMixin, BaseEstimator):
         -------
         self : RandomFeatureSelector
             The fitted transformer.
+
+        Raises
+        ------
+        InvalidImageError
+            If ``n_features`` exceeds the channels of ``X``, or ``feature_indices`` are not
+            distinct channels of ``X``.
         """
         X = self._validate(X, reset=True)
         d = X.shape[1]
@@ -99,9 +106,12 @@ class RandomFeatureSelector(TransformerMixin, BaseEstimator):
             self.feature_indices_ = np.arange(d)
         else:
             if self.n_features > d:
+                # sklearn's check_fit2d_1feature asks for the words "1 feature(s)"; feature
+                # maps are better described by their channels.
+                what = f"{d} feature(s)" if X.ndim == 2 else f"{d} channels"
                 raise InvalidImageError(
-                    f"n_features={self.n_features} exceeds the {d} channels of the input; "
-                    f"choose n_features <= {d}"
+                    f"n_features={self.n_features} exceeds the {what} of the input; "
+                    f"choose n_features <= {d}, or None to keep them all"
                 )
             rng = check_random_state(self.random_state)
             self.feature_indices_ = np.sort(rng.choice(d, self.n_features, replace=False))

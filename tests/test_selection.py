@@ -38,7 +38,7 @@ def test_global_rng_is_untouched(rng):
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"n_features": 11}, "exceeds the 10 channels"),
+        ({"n_features": 11}, r"exceeds the 10 feature\(s\)"),
         ({"feature_indices": [0, 10]}, r"\[0, 10\)"),
         ({"feature_indices": [1, 1]}, "distinct"),
         ({"feature_indices": [0.5]}, "ints"),
