@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
-from sklearn.pipeline import make_pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from . import scoring
@@ -32,9 +31,11 @@ from ._compat import Interval, StrOptions, _fit_context
 from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
 from ._torch import resolve_device
 from ._validation import validate_feature_maps
+from ._versioning import VersionedStateMixin
 from .backbones import BACKBONES, build_trunk
 from .exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
 from .features import BackboneFeatures
+from .pipeline import _make_streaming_pipeline
 
 __all__ = ["nearest_neighbors", "SPADE", "make_spade", "SPADE_LAYERS"]
 
@@ -168,6 +169,73 @@ def nearest_neighbors(queries, gallery, n_neighbors, *, rows=None, exclude=None,
     return torch.cat(found_d), torch.cat(found_i)
 
 
+# Gallery rows per block of the kappa=1 search. A block of ``chunk_size`` queries by 1024
+# rows (up to 16 MB of float32 distances) stays in cache between the matrix product that
+# writes it and the minimum that reads it; 4096 x 4096 blocks do not, and measured several
+# times slower on EfficientNet-Lite0 at 224 px (benchmarks/bench_spade.py). Smaller blocks
+# saved little more and multiply the per-call overheads. ``chunk_size`` still bounds them.
+_BLOCK_ROWS = 1024
+
+
+def _nearest_one(queries, gallery, chunk_size):
+    """Exact distance from each query to its nearest gallery row: the kappa=1 patch search.
+
+    Same result as ``nearest_neighbors(queries, gallery, 1)`` to float rounding, faster on
+    the dense galleries SPADE searches: candidates are ranked by ``|g|^2 - 2 q.g`` from one
+    matrix product per block (the norms ride along as an extra column) into a reused
+    buffer, and each block is reduced with ``amin``, which skips the index bookkeeping of
+    ``min``. Only the winning block of each query is searched again for the position, and
+    the distance to that row is recomputed from the difference, so near-duplicates stay
+    exact.
+
+    Parameters
+    ----------
+    queries : torch.Tensor of shape (m, d), float32
+    gallery : torch.Tensor of shape (N, d), float32, contiguous, on the queries' device
+    chunk_size : int
+        At most ``chunk_size`` queries and ``chunk_size ** 2`` distances per block.
+
+    Returns
+    -------
+    distances : torch.Tensor of shape (m,)
+    """
+    # [q, 1] . [-2 g, |g|^2] = |g|^2 - 2 q.g; scaling by -2 is exact in binary floats.
+    augmented = torch.cat([gallery * -2, gallery.square().sum(dim=1, keepdim=True)], dim=1)
+    queries = torch.cat([queries, queries.new_ones(len(queries), 1)], dim=1)
+    n_queries = min(chunk_size, len(queries))
+    rows = max(1, min(_BLOCK_ROWS, chunk_size * chunk_size // n_queries))
+    blocks = augmented.split(rows)
+    buffer = queries.new_empty(n_queries, min(rows, len(augmented)))
+    block_min = queries.new_empty(len(blocks), len(queries))
+    for q_start in range(0, len(queries), n_queries):
+        q = queries[q_start : q_start + n_queries]
+        for b, block in enumerate(blocks):
+            d2 = buffer[: len(q), : len(block)]
+            torch.mm(q, block.T, out=d2)
+            torch.amin(d2, dim=1, out=block_min[b, q_start : q_start + len(q)])
+    best_block = block_min.argmin(dim=0)
+    index = torch.empty(len(queries), dtype=torch.long, device=queries.device)
+    for b in best_block.unique().tolist():
+        hit = (best_block == b).nonzero()[:, 0]
+        index[hit] = torch.mm(queries[hit], blocks[b].T).argmin(dim=1) + b * rows
+    diff = queries[:, :-1] - gallery.index_select(0, index)
+    return torch.linalg.vector_norm(diff, dim=1)
+
+
+def _join(parts):
+    """Concatenate arrays along axis 0, emptying ``parts`` as it goes: each part is freed
+    once copied (when nothing else holds it), so the peak is the result plus one part."""
+    out = np.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype)
+    start = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        out[start : start + len(part)] = part
+        start += len(part)
+        del part
+    return out
+
+
 def _as_tensor(array):
     """Zero-copy torch view of a stored array, also when it is read-only (a joblib memmap):
     the search only reads it."""
@@ -193,7 +261,7 @@ def _native_indices(size, coarse):
     return first.numpy()
 
 
-class SPADE(AnomalyMapMixin, BaseEstimator):
+class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
     """SPADE: k-nearest-neighbour anomaly detection on images, then on patches.
 
     ``fit`` stores the training features (SPADE learns nothing else). A test image is scored
@@ -226,11 +294,16 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
     **Memory.** The fitted model keeps, for every training image, every pixel-level layer at
     native resolution in ``storage_dtype`` plus the pooled vector in float32:
     ``n_train * (sum_k h_k * w_k * c_k * bytes + c_image * 4)`` bytes, reported exactly in
-    ``memory_bytes_``. For Wide ResNet-50-2 at 224x224 (layers 1-3 on 56x56, 28x28 and 14x14
-    grids, 1.4 million values) that is 5.6 MB per training image, about 1.4 GB for 250 images
-    (half with ``storage_dtype="float16"``); for EfficientNet-Lite0 (stages 2, 3, 5) it is
-    0.51 MB per image. Stored features stay on the CPU: only the blocks being compared are
-    moved to ``device``.
+    ``memory_bytes_``. The model grows with the training set by nature: at 224x224 (pixel
+    layers on 56x56, 28x28 and 14x14 grids), ``memory_bytes_ / n_samples_fit_`` is 519,424
+    bytes (0.52 MB) per training image for EfficientNet-Lite0 (stages 2, 3 and 5, plus the
+    1280-channel head pooled), 1,406,976 bytes (1.4 MB) for ResNet-18 (layers 1-3, plus
+    layer4 pooled), and 5.6 MB for Wide ResNet-50-2, about 1.4 GB for 250 images; float16
+    storage halves the patch part (262,272 and 704,512 bytes for Lite0 and ResNet-18).
+    ``partial_fit`` keeps each batch's features as they come and joins them once, layer by
+    layer, when the fit ends, so a streamed fit does not hold two copies of the gallery.
+    Stored features stay on the CPU: each test image's own gallery (the positions of its
+    ``n_neighbors_`` nearest training images, one layer at a time) is copied to ``device``.
 
     Parameters
     ----------
@@ -450,16 +523,8 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         self._reset()
         self._check_map_size()
         X = self._normal_samples(self._validate(X, reset=True), y)
-        self._store(X)
-        if self.n_neighbors > self.n_samples_fit_:
-            warnings.warn(
-                f"n_neighbors={self.n_neighbors} exceeds the {self.n_samples_fit_} training "
-                f"samples; each test image is compared with all {self.n_samples_fit_} (the "
-                "paper's K=50 assumes at least 50 normal images)",
-                SkpadimWarning,
-                stacklevel=2,
-            )
-        self._set_offset(self._stored_training_scores())
+        self._append(X)
+        self._finish()
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -468,7 +533,9 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
 
         The model equals a single ``fit`` on all samples seen, so
         :func:`skpadim.fit_in_batches` can fit a SPADE pipeline without holding every
-        training embedding at once; ``offset_`` is recomputed from all stored samples.
+        training embedding at once. Each call only keeps the new samples' features; they
+        are joined into one gallery, and ``offset_`` is computed from all stored samples,
+        once, when the model is next used (or read).
 
         Parameters
         ----------
@@ -493,18 +560,21 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
                 f"not the {self.layer_grids_} stored so far; preprocess every training image "
                 "alike"
             )
-        self._store(X)
-        self._set_offset(self._stored_training_scores())
+        self._append(X)
+        self._unfinished = True
         return self
 
     def _reset(self):
         """Forget the stored samples, so that the next partial_fit starts a new model."""
-        self.__dict__.pop("n_samples_fit_", None)
+        for name in ("n_samples_fit_", "_pending", "_image_features", "_patch_features",
+                     "_unfinished"):
+            self.__dict__.pop(name, None)
 
     def _layer_grids(self, X):
         return [tuple(m.shape[2:]) for m in self._native_layers(X[:1])[0]]
 
-    def _store(self, X):
+    def _append(self, X):
+        """Keep the features of ``X`` as one more pending chunk; ``_finish`` joins them."""
         dtype = np.float16 if self.storage_dtype == "float16" else np.float32
         if X.ndim == 2:
             pixel, image = [], self._image_vectors(X)
@@ -512,22 +582,64 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
             pixel, image = self._native_layers(X)
             pixel = [np.ascontiguousarray(m.transpose(0, 2, 3, 1), dtype=dtype) for m in pixel]
         image = np.asarray(image, dtype=np.float32)
-        if hasattr(self, "n_samples_fit_"):
-            image = np.concatenate([self.image_features_, image])
-            pixel = [np.concatenate([old, new]) for old, new in zip(self.patch_features_, pixel)]
-        self.__dict__.pop("_norms_cache", None)
+        pending = self.__dict__.setdefault("_pending", [])
+        if not pending and "_image_features" in self.__dict__:
+            # partial_fit after the model was finished (and used): continue from its gallery.
+            pending.append((self.__dict__.pop("_image_features"),
+                            self.__dict__.pop("_patch_features")))
+        pending.append((image, pixel))
+        # The counts are known without joining the chunks, so they stay plain attributes.
         self._flat_ = X.ndim == 2
-        self.image_features_ = image
-        self.patch_features_ = pixel
         self.layer_grids_ = [tuple(p.shape[1:3]) for p in pixel]
-        self.n_samples_fit_ = image.shape[0]
+        self.n_samples_fit_ = getattr(self, "n_samples_fit_", 0) + image.shape[0]
         self.n_neighbors_ = min(self.n_neighbors, self.n_samples_fit_)
-        self.memory_bytes_ = int(image.nbytes + sum(p.nbytes for p in pixel))
+        self.memory_bytes_ = (getattr(self, "memory_bytes_", 0)
+                              + int(image.nbytes + sum(p.nbytes for p in pixel)))
+
+    def _finish(self):
+        """Join the pending chunks into the gallery, then set ``offset_`` from it."""
+        chunks = self.__dict__.pop("_pending", [])
+        if chunks:
+            self._image_features = _join([image for image, _ in chunks])
+            # Each chunk is released as soon as it is copied, so the peak stays near one
+            # gallery plus one chunk instead of two galleries.
+            layers = [[pixel[k] for _, pixel in chunks] for k in range(len(chunks[0][1]))]
+            del chunks
+            self._patch_features = [_join(parts) for parts in layers]
+        self._unfinished = False
+        if self.n_neighbors > self.n_samples_fit_:
+            # Here, not in fit: a streamed fit (partial_fit batches) ends here too.
+            warnings.warn(
+                f"n_neighbors={self.n_neighbors} exceeds the {self.n_samples_fit_} training "
+                f"samples; each test image is compared with all {self.n_samples_fit_} (the "
+                "paper's K=50 assumes at least 50 normal images)",
+                SkpadimWarning,
+                stacklevel=3,
+            )
+        self._set_offset(self._stored_training_scores())
+
+    @property
+    def image_features_(self):
+        """Pooled image-level features of the training samples (see the class docstring)."""
+        self._ensure_finished()
+        return self._fitted("_image_features")
+
+    @property
+    def patch_features_(self):
+        """Each pixel-level layer of every training image (see the class docstring)."""
+        self._ensure_finished()
+        return self._fitted("_patch_features")
+
+    def _fitted(self, name):
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"SPADE has no {name[1:]}_ yet: fit it first") from None
 
     # ------------------------------------------------------------------ calibration
     def _stored_training_scores(self):
         """``score_samples`` of the stored training samples, as ``calibration`` asks."""
-        queries = torch.from_numpy(self.image_features_)
+        queries = torch.from_numpy(self._image_features)
         if self.calibration == "in-sample":
             return -self._image_scores(queries)
         return -self._image_scores(queries, exclude=torch.arange(self.n_samples_fit_))
@@ -536,12 +648,13 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         """``score_samples`` of training samples ``X`` (already stored), for
         :func:`skpadim.fit_in_batches`. With leave-one-out calibration each sample's nearest
         stored sample, itself, is left out."""
+        self._ensure_finished()
         X = self._validate(X, reset=False)
         queries = self._image_queries(X)
         if self.calibration == "in-sample":
             return -self._image_scores(queries)
         k = min(self.n_neighbors_ + 1, self.n_samples_fit_)
-        gallery = _as_tensor(self.image_features_).to(queries.dtype)
+        gallery = _as_tensor(self._image_features).to(queries.dtype)
         distances, _ = self._search(queries, gallery, k)
         return -distances[:, 1:].mean(dim=1).numpy()
 
@@ -558,7 +671,7 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         k = self.n_neighbors_
         if exclude is not None:
             k = min(k, self.n_samples_fit_ - 1)
-        gallery = _as_tensor(self.image_features_).to(queries.dtype)
+        gallery = _as_tensor(self._image_features).to(queries.dtype)
         distances, _ = self._search(queries, gallery, k, exclude=exclude)
         return distances.mean(dim=1).numpy()
 
@@ -585,6 +698,7 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
             float32 for feature maps, float64 for 2-D input.
         """
         check_is_fitted(self)
+        self._ensure_finished()
         X = self._validate(X, reset=False)
         return self._image_scores(self._image_queries(X))
 
@@ -594,7 +708,7 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
         if X.ndim == 2:
             return self._image_scores(queries)
         _, neighbours = self._search(
-            queries, _as_tensor(self.image_features_), self.n_neighbors_
+            queries, _as_tensor(self._image_features), self.n_neighbors_
         )
         pixel_maps, _ = self._native_layers(X)
         grid = X.shape[2:]
@@ -606,38 +720,40 @@ class SPADE(AnomalyMapMixin, BaseEstimator):
 
     def _layer_distances(self, layer, test_maps, neighbours):
         """``(n, h_k, w_k)`` distances of one layer's test patches to their gallery."""
-        stored = self.patch_features_[layer]
-        positions = stored.shape[1] * stored.shape[2]
-        gallery = _as_tensor(stored.reshape(-1, stored.shape[3]))
-        norms = self._gallery_norms(layer, gallery)
-        n, c, h, w = test_maps.shape
+        stored = self._patch_features[layer]
+        n_train, positions, c = stored.shape[0], stored.shape[1] * stored.shape[2], stored.shape[3]
+        gallery = _as_tensor(stored).view(n_train, positions, c)
+        n, _, h, w = test_maps.shape
         kappa = min(self.kappa, self.n_neighbors_ * positions)
-        offsets = torch.arange(positions)
+        queries = torch.from_numpy(
+            np.ascontiguousarray(test_maps.transpose(0, 2, 3, 1), dtype=np.float32)
+        ).view(n, h * w, c)
+        device = resolve_device(self.device)
         out = np.empty((n, h, w), dtype=np.float32)
-        for i in range(n):
-            rows = (neighbours[i, :, None] * positions + offsets).reshape(-1)
-            queries = torch.from_numpy(
-                np.ascontiguousarray(test_maps[i].reshape(c, -1).T, dtype=np.float32)
-            )
-            distances, _ = self._search(queries, gallery, kappa, rows=rows, gallery_norms=norms)
-            out[i] = distances.mean(dim=1).reshape(h, w).numpy()
+        with torch.inference_mode():
+            for i in range(n):
+                # The rows of the image's nearest training images, gathered once into one
+                # contiguous float32 block: every search block is then a plain slice.
+                own = gallery.index_select(0, neighbours[i]).view(-1, c)
+                own = own.to(device, torch.float32)
+                q = queries[i].to(device)
+                if kappa == 1:
+                    distances = _nearest_one(q, own, self.chunk_size)
+                else:
+                    distances, _ = nearest_neighbors(q, own, kappa, chunk_size=self.chunk_size)
+                    distances = distances.mean(dim=1)
+                out[i] = distances.cpu().numpy().reshape(h, w)
         return out
 
-    def _gallery_norms(self, layer, gallery):
-        """Squared norms of a layer's stored vectors, computed once on the CPU, block by
-        block, and cached in memory (not saved: they are cheap to recompute)."""
-        cache = self.__dict__.setdefault("_norms_cache", {})
-        if layer not in cache:
-            cache[layer] = torch.cat([
-                block.float().square().sum(dim=1)
-                for block in gallery.split(self.chunk_size * 16)
-            ])
-        return cache[layer]
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
+    def __setstate__(self, state):
+        # Models pickled before partial_fit deferred its work kept the arrays (and offset_)
+        # as plain attributes, and a cache of norms that is no longer used.
+        for old, new in (("image_features_", "_image_features"),
+                         ("patch_features_", "_patch_features"), ("offset_", "_offset")):
+            if old in state:
+                state[new] = state.pop(old)
         state.pop("_norms_cache", None)
-        return state
+        super().__setstate__(state)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -679,9 +795,11 @@ def make_spade(
 ):
     """Build SPADE as a scikit-learn Pipeline: backbone features, then nearest neighbours.
 
-    The result is ``make_pipeline(BackboneFeatures(layers=...), SPADE(layer_channels=...,
-    layer_strides=...))`` with the layers, channel split and strides filled in for
-    ``backbone``, so the pipeline behaves as the paper describes.
+    The result is a :class:`~skpadim.StreamingPipeline` of ``BackboneFeatures(layers=...)``
+    and ``SPADE(layer_channels=..., layer_strides=...)`` with the layers, channel split and
+    strides filled in for ``backbone``, so the pipeline behaves as the paper describes; its
+    ``fit`` and scoring methods move ``batch_size`` images at a time through it (the
+    gallery itself grows with the training set, see :class:`SPADE`'s memory note).
 
     Parameters
     ----------
@@ -701,7 +819,7 @@ def make_spade(
 
     Returns
     -------
-    pipeline : sklearn.pipeline.Pipeline
+    pipeline : StreamingPipeline
         Steps ``backbonefeatures`` and ``spade``.
 
     Examples
@@ -727,7 +845,7 @@ def make_spade(
         interpolation=interpolation, upsample="nearest", batch_size=batch_size,
         device=device, verbose=verbose, random_state=random_state,
     )
-    return make_pipeline(
+    return _make_streaming_pipeline(
         features,
         SPADE(
             n_neighbors=n_neighbors, kappa=kappa, layer_channels=channels,
@@ -736,4 +854,5 @@ def make_spade(
             map_size=crop if crop is not None else resize, interpolation=interpolation,
             sigma=sigma, mode=mode, device=device,
         ),
+        batch_size=batch_size,
     )

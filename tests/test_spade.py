@@ -145,25 +145,62 @@ def test_image_scores_match_brute_force(pyramid):
     assert_allclose(model.score_samples(test), -expected.mean(axis=1), rtol=1e-5)
 
 
-def test_patch_distances_match_brute_force(pyramid):
-    train, train_layers, test, test_layers = pyramid
-    model = SPADE(n_neighbors=3, kappa=2, chunk_size=5, **LAYERS).fit(train)
+def brute_force_patch_distances(train_layers, test_layers, n_neighbors, kappa):
+    """SPADE's pixel level, one test image and one layer at a time, with cdist."""
     _, neighbours = brute_force(test_layers[2].mean(axis=(2, 3)),
-                                train_layers[2].mean(axis=(2, 3)), 3)
-    expected = np.zeros((len(test), 8, 8))
+                                train_layers[2].mean(axis=(2, 3)), n_neighbors)
+    expected = np.zeros((len(test_layers[0]), 8, 8))
     for layer in (0, 1):
         c, h, w = test_layers[layer].shape[1:]
         per_image = []
-        for i in range(len(test)):
+        for i in range(len(test_layers[0])):
             gallery = train_layers[layer][neighbours[i]].transpose(0, 2, 3, 1).reshape(-1, c)
             queries = test_layers[layer][i].reshape(c, -1).T
-            d, _ = brute_force(queries, gallery, 2)
+            d, _ = brute_force(queries, gallery, kappa)
             per_image.append(d.mean(axis=1).reshape(h, w))
         expected += scoring.upsample_maps(np.array(per_image), (8, 8), "bicubic") / 2
+    return expected
+
+
+def test_patch_distances_match_brute_force(pyramid):
+    train, train_layers, test, test_layers = pyramid
+    model = SPADE(n_neighbors=3, kappa=2, chunk_size=5, **LAYERS).fit(train)
+    expected = brute_force_patch_distances(train_layers, test_layers, 3, 2)
     assert_allclose(model.patch_distances(test), expected, rtol=1e-4, atol=1e-5)
     maps = model.anomaly_maps(test)
     assert maps.shape == (5, 32, 32)
     assert maps.max(axis=(1, 2)).argmax() == 2
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 20, 4096])
+def test_kappa_one_patch_search_matches_brute_force_for_any_chunk_size(pyramid, chunk_size):
+    # kappa=1 takes its own path (block minima, then the winning block searched again):
+    # chunk sizes that do not divide the 64 or 16 queries, nor the 3 x 64 or 3 x 16 gallery
+    # rows, leave short last blocks of both.
+    train, train_layers, test, test_layers = pyramid
+    model = SPADE(n_neighbors=3, kappa=1, chunk_size=chunk_size, **LAYERS).fit(train)
+    expected = brute_force_patch_distances(train_layers, test_layers, 3, 1)
+    assert_allclose(model.patch_distances(test), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("block, chunk_size", [(2, 100), (5, 100), (64, 100), (1024, 3)])
+def test_nearest_one_is_exact_and_searches_every_block(monkeypatch, block, chunk_size):
+    from skpadim import spade
+
+    # Blocks of `block` gallery rows (of 23), or of 3 queries (of 4) by 3 rows (chunk_size
+    # bounds both), the last ones shorter.
+    monkeypatch.setattr(spade, "_BLOCK_ROWS", block)
+    rng = np.random.RandomState(0)
+    gallery = rng.normal(size=(23, 6)).astype(np.float32)
+    queries = np.r_[gallery[[22, 0, 11]] + 1e-3, rng.normal(size=(1, 6))].astype(np.float32)
+    dist = spade._nearest_one(torch.from_numpy(queries), torch.from_numpy(gallery),
+                              chunk_size)
+    assert_allclose(dist.numpy(), cdist(queries, gallery).min(axis=1), rtol=1e-5)
+    # Near-duplicates of large vectors: |g|^2 - 2 q.g ranks them, the difference measures.
+    big = torch.full((5, 64), 1000.0)
+    dist = spade._nearest_one(big[:2] + 1e-3, big, chunk_size)
+    assert_allclose(dist.numpy(), float(torch.linalg.vector_norm(big[0] + 1e-3 - big[0])),
+                    rtol=1e-6)
 
 
 def test_results_do_not_depend_on_chunk_size(pyramid):
@@ -235,6 +272,75 @@ def test_partial_fit_and_fit_in_batches_equal_one_fit(pyramid):
     pipe = make_pipeline(FunctionTransformer(), SPADE(n_neighbors=4, **LAYERS))
     fit_in_batches(pipe, train, batch_size=5)
     assert pipe[-1].offset_ == pytest.approx(whole.offset_)
+
+
+def test_streamed_partial_fit_equals_one_fit(pyramid):
+    train, _, test, _ = pyramid
+    whole = SPADE(n_neighbors=4, storage_dtype="float16", **LAYERS).fit(train)
+    streamed = SPADE(n_neighbors=4, storage_dtype="float16", **LAYERS)
+    for part in np.array_split(train, [2, 3, 7, 11]):  # uneven parts, one of a single image
+        streamed.partial_fit(part)
+    # Counts are kept as the parts come; the gallery is joined when first read.
+    assert streamed.n_samples_fit_ == whole.n_samples_fit_ == 12
+    assert streamed.memory_bytes_ == whole.memory_bytes_
+    assert_array_equal(streamed.image_features_, whole.image_features_)
+    for got, expected in zip(streamed.patch_features_, whole.patch_features_, strict=True):
+        assert got.dtype == expected.dtype and got.flags.c_contiguous
+        assert_array_equal(got, expected)
+    assert streamed.offset_ == whole.offset_
+    assert_allclose(streamed.anomaly_maps(test), whole.anomaly_maps(test), rtol=1e-6)
+    assert_array_equal(streamed.anomaly_scores(test), whole.anomaly_scores(test))
+
+
+def test_partial_fit_defers_the_threshold_until_the_model_is_used(pyramid, monkeypatch):
+    train, _, test, _ = pyramid
+    calls = []
+    original = SPADE._stored_training_scores
+
+    def counted(self):
+        calls.append(self.n_samples_fit_)
+        return original(self)
+
+    monkeypatch.setattr(SPADE, "_stored_training_scores", counted)
+    model = SPADE(n_neighbors=4, **LAYERS)
+    for part in np.array_split(train[:9], 3):
+        model.partial_fit(part)
+    assert calls == []  # no leave-one-out scores while the parts come in
+    scores = model.anomaly_scores(test)  # the first use finishes the fit, once
+    model.patch_distances(test)
+    assert calls == [9] and model.offset_ == SPADE(n_neighbors=4, **LAYERS).fit(train[:9]).offset_
+    assert_array_equal(scores, SPADE(n_neighbors=4, **LAYERS).fit(train[:9]).anomaly_scores(test))
+
+    model.partial_fit(train[9:])  # continuing after use reopens the fit
+    assert len(calls) == 3  # (the two reference fits above)
+    assert model.patch_features_[0].shape[0] == 12  # reading the gallery finishes it
+    assert len(calls) == 4
+    assert model.offset_ == SPADE(n_neighbors=4, **LAYERS).fit(train).offset_
+    calls.clear()
+    SPADE(n_neighbors=4, **LAYERS).fit(train)  # fit finishes at once, exactly once
+    assert calls == [12]
+
+
+def test_streamed_fit_joins_the_gallery_without_a_second_copy():
+    # The parts are kept as they come and copied into the joined gallery one layer at a
+    # time, each released once copied: the peak is the gallery plus one layer's joined copy
+    # (1.5 galleries here, measured 1.56), where joining all layers at once or concatenating
+    # on every partial_fit holds two galleries (measured 2.07).
+    import tracemalloc
+
+    rng = np.random.RandomState(0)
+    layers = dict(layer_channels=[4, 16, 1], layer_strides=[1, 2, 1])  # two equal layers
+    parts = [rng.normal(size=(5, 21, 16, 16)).astype(np.float32) for _ in range(20)]
+    model = SPADE(n_neighbors=5, **layers)
+    tracemalloc.start()
+    try:
+        for part in parts:
+            model.partial_fit(part)
+        model._ensure_finished()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.75 * model.memory_bytes_
 
 
 def test_anomalous_samples_in_y_are_left_out_of_the_gallery(pyramid):
