@@ -14,7 +14,18 @@ from .decomposition import PatchPCA
 from .features import BackboneFeatures
 from .gaussian import PatchGaussian
 from .model_selection import NormalOnlyKFold
-from .pipeline import PAPER_CONFIGS, anomaly_maps, fit_in_batches, make_padim
+from .persistence import load, save
+from .pipeline import (
+    PAPER_CONFIGS,
+    PRESETS,
+    Inspection,
+    StreamingPipeline,
+    anomaly_maps,
+    fit_in_batches,
+    inspect_images,
+    iter_inspect_images,
+    make_padim,
+)
 from .selection import RandomFeatureSelector
 from .spade import SPADE, make_spade
 from .vae import VAE
@@ -31,7 +42,14 @@ __all__ = [
     "NormalOnlyKFold",
     "make_padim",
     "make_spade",
+    "save",
+    "load",
     "anomaly_maps",
     "fit_in_batches",
+    "inspect_images",
+    "iter_inspect_images",
+    "StreamingPipeline",
+    "Inspection",
     "PAPER_CONFIGS",
+    "PRESETS",
 ]

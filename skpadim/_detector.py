@@ -5,6 +5,13 @@ A detector subclass supplies ``_patch_distances(X)``: ``(n, h, w)`` patch-level 
 mixin turns them into maps and image scores through :mod:`skpadim.scoring`, and into sklearn's
 conventions: ``score_samples`` (higher = more normal), ``offset_`` from ``contamination``,
 ``decision_function`` and ``predict``.
+
+**Streaming protocol.** ``partial_fit`` only accumulates (sums, stored samples); the costly
+last step of a fit (factorising, setting ``offset_``) runs once, in ``_finish``, either when
+the fit ends (``fit``, :func:`skpadim.fit_in_batches`, a streaming pipeline) or lazily when
+the model is first used after ``partial_fit``. A subclass that defers work sets
+``self._unfinished = True`` in ``partial_fit`` and implements ``_finish``; every scoring entry
+point calls ``_ensure_finished`` first.
 """
 
 from numbers import Integral, Real
@@ -19,6 +26,11 @@ from . import scoring
 from ._compat import Interval, StrOptions
 from ._labels import as_anomaly_labels
 from .exceptions import InvalidImageError, SkpadimWarning
+
+def _n_samples(X):
+    shape = getattr(X, "shape", None)
+    return shape[0] if shape is not None else len(X)
+
 
 # The stride of the first tapped layer of every built-in backbone: a 56x56 patch grid comes
 # from a 224x224 image. Used only when ``map_size`` is left at None.
@@ -40,6 +52,30 @@ class AnomalyMapMixin(OutlierMixin):
     Subclasses declare ``contamination``, ``map_size``, ``interpolation``, ``sigma``,
     ``truncate`` and ``mode`` as parameters (see ``MAP_PARAMETER_CONSTRAINTS``).
     """
+
+    def _finish(self):
+        """Complete a fit that ``partial_fit`` left open (subclasses that defer work)."""
+
+    def _ensure_finished(self):
+        """Run ``_finish`` once after the last ``partial_fit``, before the model is used."""
+        if self.__dict__.get("_unfinished"):
+            self._finish()
+            self._unfinished = False
+
+    @property
+    def offset_(self):
+        """Threshold on ``score_samples``; ``decision_function = score_samples - offset_``."""
+        self._ensure_finished()
+        try:
+            return self.__dict__["_offset"]
+        except KeyError:
+            raise AttributeError(
+                f"{type(self).__name__} has no offset_ yet: fit it first"
+            ) from None
+
+    @offset_.setter
+    def offset_(self, value):
+        self._offset = float(value)
 
     def _map_size(self, grid_shape):
         if self.map_size is None:
@@ -70,6 +106,7 @@ class AnomalyMapMixin(OutlierMixin):
             Higher = more anomalous.
         """
         check_is_fitted(self)
+        self._ensure_finished()
         return self._patch_distances(X)
 
     def anomaly_maps(self, X):
@@ -117,12 +154,42 @@ class AnomalyMapMixin(OutlierMixin):
         -------
         scores : ndarray of shape (n_samples,)
         """
-        return self._distances_to_scores(self.patch_distances(X))
+        check_is_fitted(self)
+        self._ensure_finished()
+        # A chunk of samples at a time: some detectors' distances are full-resolution maps
+        # (the VAE's), which for a whole test set would grow with its size.
+        step = getattr(self, "batch_size", None) or 32
+        if not hasattr(X, "shape") and not hasattr(X, "__len__"):
+            X = np.asarray(X)  # array-likes that only convert (sklearn's _NotAnArray)
+        n = _n_samples(X)
+        if n == 0:
+            return self._distances_to_scores(self._patch_distances(X))
+        return np.concatenate([
+            self._distances_to_scores(self._patch_distances(X[start : start + step]))
+            for start in range(0, n, step)
+        ])
 
-    def _distances_to_scores(self, distances):
+    def _distances_to_scores(self, distances, chunk=32):
         if distances.ndim == 1:
             return distances
-        return scoring.image_scores(self._distances_to_maps(distances))
+        # Maps are made a chunk at a time and reduced at once: full-resolution maps of a
+        # whole test set would grow with its size.
+        return np.concatenate([
+            scoring.image_scores(self._distances_to_maps(distances[start : start + chunk]))
+            for start in range(0, len(distances), chunk)
+        ])
+
+    def _maps_and_scores(self, X):
+        """Anomaly maps and image anomaly scores of the same samples, from one pass.
+
+        The score is the maximum of the map, unless the detector scores images its own way
+        (it overrides ``anomaly_scores``, as SPADE does), in which case that is computed from
+        the same input.
+        """
+        maps = self.anomaly_maps(X)
+        if type(self).anomaly_scores is AnomalyMapMixin.anomaly_scores:
+            return maps, scoring.image_scores(maps)
+        return maps, np.asarray(self.anomaly_scores(X))
 
     def score_samples(self, X):
         """Normality of each sample, sklearn's convention: higher = more normal.
@@ -201,4 +268,12 @@ class AnomalyMapMixin(OutlierMixin):
 
     def _set_offset(self, training_scores):
         """Threshold so that a fraction ``contamination`` of the training samples is flagged."""
+        training_scores = np.asarray(training_scores)
+        if not np.isfinite(training_scores).all():
+            raise InvalidImageError(
+                f"{type(self).__name__} gives {int((~np.isfinite(training_scores)).sum())} of "
+                f"its {training_scores.size} training samples a NaN or infinite score, so no "
+                "threshold can be set; check the training images and the settings (for a "
+                "VAE: a smaller learning_rate)"
+            )
         self.offset_ = float(np.percentile(training_scores, 100.0 * self.contamination))

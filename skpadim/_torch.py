@@ -9,6 +9,8 @@ from sklearn.utils import check_random_state
 
 from .exceptions import ConfigurationError
 
+_DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:N' (N < torch.cuda.device_count())"
+
 
 def from_numpy(X, dtype=None):
     """``torch.from_numpy`` without a copy where possible and without torch's warning on
@@ -18,23 +20,58 @@ def from_numpy(X, dtype=None):
 
 
 def resolve_device(device):
-    """``"auto"`` -> CUDA when available, else CPU; anything else is checked and returned."""
+    """The ``torch.device`` to compute on, checked to be one this machine can use.
+
+    ``"auto"`` means CUDA when available, else the CPU. Only the CPU and CUDA GPUs are
+    supported: other devices torch can name (``"xpu"``, ``"mps"``, ``"meta"``, ...) and CUDA
+    indices beyond the GPUs present are refused here, with the choices, rather than failing
+    inside torch on the first tensor moved there.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``device`` is not a torch device, is of an unsupported type, or names a CUDA
+        device that does not exist here.
+
+    Examples
+    --------
+    >>> from skpadim._torch import resolve_device
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("xpu:9")
+    Traceback (most recent call last):
+    ...
+    skpadim.exceptions.ConfigurationError: device='xpu:9' is not supported: ...
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigurationError(
-            f"device={device!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            f"device={device!r} is not a torch device; use {_DEVICE_CHOICES}"
         ) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ConfigurationError(
+            f"device={str(device)!r} is not supported: skpadim computes on the CPU or on CUDA "
+            f"GPUs; use {_DEVICE_CHOICES}"
+        )
+    if not torch.cuda.is_available():
         raise ConfigurationError(
             f"device={str(device)!r} was requested but CUDA is not available here; "
             "use device='cpu' or 'auto'"
         )
-    if device.type == "cuda" and device.index is None:
+    if device.index is None:
         # With an index, comparing it with a tensor's device (always indexed) is meaningful.
-        device = torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", torch.cuda.current_device())
+    count = torch.cuda.device_count()
+    if device.index >= count:
+        raise ConfigurationError(
+            f"device={str(device)!r} does not exist: this machine has {count} CUDA device(s); "
+            f"use 'auto', 'cpu', 'cuda' or 'cuda:N' with N < {count}"
+        )
     return device
 
 
@@ -70,7 +107,9 @@ class ImageModuleMixin:
     input as images rather than 2-D feature rows."""
 
     def __getstate__(self):
-        state = self.__dict__.copy()
+        # super() keeps what other bases add (BaseEstimator, version stamps); copy, since
+        # BaseEstimator may return the instance's own __dict__.
+        state = dict(super().__getstate__())
         if "module_" in state:
             state["module_"] = cpu_copy(state["module_"])
         return state

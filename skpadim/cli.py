@@ -3,7 +3,7 @@
 Commands
 --------
 ``skpadim fit DATA --model FILE``
-    Fit PaDiM on the normal training images of a data set and save it with joblib.
+    Fit PaDiM on the normal training images of a data set and save it (:func:`skpadim.save`).
 ``skpadim score FILE IMAGES... --out DIR``
     Score images: a CSV of scores and predictions, and an overlay PNG per image.
 ``skpadim evaluate FILE DATA --out DIR``
@@ -16,8 +16,9 @@ Exit status
 -----------
 0 success; 1 unexpected error (a bug: the traceback is printed); 2 usage error (unknown
 option, invalid value); 3 data error (missing folder, unrecognised layout, unreadable or
-corrupt image or mask); 4 file error (a model file missing, unreadable, or not a fitted
-skpadim model; a model file or other output that cannot be written); 5 backbone error
+corrupt image or mask); 4 file error (a model file missing, unreadable, a pickle without
+``--allow-pickle``, or not a fitted skpadim model; a model file or other output that cannot be
+written); 5 backbone error
 (weights that cannot be downloaded or loaded, a missing optional package); 130 interrupted
 (Ctrl-C).
 
@@ -25,7 +26,12 @@ Expected errors print one line to stderr, ``skpadim <command>: error: <what and 
 without a traceback. Progress bars and information go to stderr, results to stdout;
 ``--quiet`` silences the former.
 
-Model files are pickles (joblib): load only files you trust.
+Model files are written in skpadim's safe format (:func:`skpadim.save`: tensors and JSON in a
+safetensors file), which ``score`` and ``evaluate`` read without running any code from the
+file. They refuse pickle (joblib) files, whose loading runs whatever code they contain,
+unless ``--allow-pickle`` is given: only for files you trust. Every output file is written
+atomically (a temporary file, then a rename), so a failed or killed run leaves the previous
+file whole.
 """
 
 import argparse
@@ -63,8 +69,8 @@ exit status:
   1  unexpected error (a bug; the traceback is printed)
   2  usage error: unknown option or invalid value
   3  data error: missing folder, unknown layout, unreadable or corrupt image or mask
-  4  file error: model file missing, unreadable or not a fitted skpadim model; an output
-     file or folder that cannot be written
+  4  file error: model file missing, unreadable, a pickle (without --allow-pickle) or not
+     a fitted skpadim model; an output file or folder that cannot be written
   5  backbone error: weights that cannot be loaded, a missing optional package
   130  interrupted (Ctrl-C)
 """
@@ -94,24 +100,6 @@ class _Log:
         from tqdm.auto import tqdm
 
         return tqdm(disable=self.quiet, file=sys.stderr, **kwargs)
-
-
-class _CountedPaths(list):
-    """Image paths that advance a progress bar each time a batch of them is sliced off.
-
-    :func:`skpadim.fit_in_batches` has no progress hook; it slices its input batch by batch
-    (twice: fitting, then calibrating the threshold), so counting slices counts images.
-    """
-
-    def __init__(self, paths, bar):
-        super().__init__(paths)
-        self._bar = bar
-
-    def __getitem__(self, index):
-        part = super().__getitem__(index)
-        if isinstance(index, slice):
-            self._bar.update(len(part))
-        return part
 
 
 # ---------------------------------------------------------------------------- option types
@@ -191,10 +179,10 @@ def build_parser():
     --------
     >>> from skpadim.cli import build_parser
     >>> args = build_parser().parse_args(
-    ...     ["fit", "mvtec/bottle", "--model", "bottle.joblib", "--n-features", "50",
+    ...     ["fit", "mvtec/bottle", "--model", "bottle.safetensors", "--n-features", "50",
     ...      "--weights", "none"])
     >>> args.command, args.data, args.model, args.n_features, args.weights, args.backbone
-    ('fit', 'mvtec/bottle', 'bottle.joblib', 50, None, 'resnet18')
+    ('fit', 'mvtec/bottle', 'bottle.safetensors', 50, None, 'resnet18')
     """
     parser = argparse.ArgumentParser(
         prog="skpadim",
@@ -202,9 +190,9 @@ def build_parser():
                     "images, evaluate on a labelled test set, or run the offline demo."),
         epilog="examples:\n"
                "  skpadim demo\n"
-               "  skpadim fit mvtec/bottle --model bottle.joblib\n"
-               "  skpadim score bottle.joblib new_images/ --out scores/\n"
-               "  skpadim evaluate bottle.joblib mvtec/bottle --out report/\n\n"
+               "  skpadim fit mvtec/bottle --model bottle.safetensors\n"
+               "  skpadim score bottle.safetensors new_images/ --out scores/\n"
+               "  skpadim evaluate bottle.safetensors mvtec/bottle --out report/\n\n"
                "run 'skpadim COMMAND --help' for a command's options.\n\n" + _EXIT_CODES,
         formatter_class=_formatter,
     )
@@ -231,8 +219,12 @@ def build_parser():
                       help="STC: keep every N-th video frame (default: 1)")
 
     _add_fit(commands, [common, network, data])
-    _add_score(commands, [common, network])
-    _add_evaluate(commands, [common, network, data])
+    model_file = argparse.ArgumentParser(add_help=False)
+    model_file.add_argument("--allow-pickle", action="store_true",
+                            help="also read a pickle (joblib) model file: this runs the "
+                                 "file's code; only for files you trust")
+    _add_score(commands, [common, network, model_file])
+    _add_evaluate(commands, [common, network, data, model_file])
     _add_demo(commands, [common, network])
     return parser
 
@@ -252,20 +244,21 @@ def _add_fit(commands, parents):
         "fit", parents=parents, formatter_class=_formatter,
         help="fit PaDiM on a data set's normal training images and save it",
         description=_wrap("Fit PaDiM on the normal training images of DATA and save the model "
-                    "with joblib. Images are processed in batches, so memory does not grow "
-                    "with the training set."),
+                    "in skpadim's safe format (tensors and JSON in a safetensors file; "
+                    "loading it runs no code). Images are processed in batches, so memory "
+                    "does not grow with the training set."),
         epilog="examples:\n"
-               "  skpadim fit mvtec_ad/bottle --model bottle.joblib\n"
-               "  skpadim fit mvtec_ad --category screw --model screw.joblib "
+               "  skpadim fit mvtec_ad/bottle --model bottle.safetensors\n"
+               "  skpadim fit mvtec_ad --category screw --model screw.safetensors "
                "--backbone wide_resnet50_2\n"
-               "  skpadim fit my_parts/ --format folder --model parts.joblib "
+               "  skpadim fit my_parts/ --format folder --model parts.safetensors "
                "--backbone efficientnet_lite0 --resize 224 --crop none\n"
-               "  skpadim fit stc_root/ --frame-step 10 --model stc.joblib\n\n"
+               "  skpadim fit stc_root/ --frame-step 10 --model stc.safetensors\n\n"
                + _DATA_HELP + "\n" + _EXIT_CODES,
     )
     p.add_argument("data", metavar="DATA", help="the data set folder")
     p.add_argument("--model", required=True, metavar="FILE",
-                   help="where to save the fitted model (joblib file)")
+                   help="where to save the fitted model (a .safetensors file)")
     p.add_argument("--backbone", default="resnet18",
                    help="resnet18, wide_resnet50_2, efficientnet_b5, efficientnet_lite0, or a "
                         "paper configuration (R18-Rd100, WR50-Rd550, EfficientNet-B5, "
@@ -304,8 +297,9 @@ def _add_score(commands, parents):
                     "(half the model's threshold) to red (the threshold), with the ground "
                     "truth outlined in cyan when a mask is given."),
         epilog="examples:\n"
-               "  skpadim score bottle.joblib mvtec_ad/bottle/test/broken_large --out scores/\n"
-               "  skpadim score bottle.joblib img1.png img2.png --out scores/ \\\n"
+               "  skpadim score bottle.safetensors mvtec_ad/bottle/test/broken_large "
+               "--out scores/\n"
+               "  skpadim score bottle.safetensors img1.png img2.png --out scores/ \\\n"
                "      --masks mvtec_ad/bottle/ground_truth/broken_large\n\n" + _EXIT_CODES,
     )
     p.add_argument("model", metavar="MODEL", help="a model file written by skpadim fit")
@@ -331,8 +325,8 @@ def _add_evaluate(commands, parents):
                     "overlays of the highest-scoring images of each defect type in "
                     "DIR/overlays/."),
         epilog="examples:\n"
-               "  skpadim evaluate bottle.joblib mvtec_ad/bottle --out report/\n"
-               "  skpadim evaluate screw.joblib mvtec_ad --category screw --out report/ "
+               "  skpadim evaluate bottle.safetensors mvtec_ad/bottle --out report/\n"
+               "  skpadim evaluate screw.safetensors mvtec_ad --category screw --out report/ "
                "--max-fpr 0.05\n\n" + _DATA_HELP + "\n" + _EXIT_CODES,
     )
     p.add_argument("model", metavar="MODEL", help="a model file written by skpadim fit")
@@ -513,23 +507,30 @@ def _read_masks(refs, images, resize, crop):
 
 
 # ---------------------------------------------------------------------------- models
-def _load_model(path):
-    import joblib
+def _load_model(path, device, allow_pickle=False):
+    """Read a PaDiM model file, put it on ``device`` and check that it scores."""
     from sklearn.pipeline import Pipeline
+
+    from .exceptions import ModelFileError
+    from .gaussian import PatchGaussian
+    from .persistence import file_format, load
 
     if not os.path.isfile(path):
         state = "is not a file" if os.path.exists(path) else "not found"
         raise _Failure(EXIT_MODEL_FILE, f"model file {state}: {path!r}; make one with "
                                         "'skpadim fit DATA --model FILE'")
-    try:
-        model = joblib.load(path)
-    except Exception as exc:  # pickle raises all sorts of errors on a file that is not one
+    if not allow_pickle and file_format(path) == "pickle":
         raise _Failure(
             EXIT_MODEL_FILE,
-            f"cannot read model file {path!r} ({type(exc).__name__}: {exc}); is it a file "
-            "written by 'skpadim fit' with a compatible skpadim version?",
-        ) from None
-    from .gaussian import PatchGaussian
+            f"model file {path!r} is a pickle file (joblib): loading it would run any code "
+            "it contains, so it is refused. Refit the model with 'skpadim fit' (which writes "
+            "the safe format), re-save it from Python with skpadim.save, or, only for a file "
+            "you trust, pass --allow-pickle",
+        )
+    try:
+        model = load(path, allow_pickle=allow_pickle)
+    except ModelFileError as exc:
+        raise _Failure(EXIT_MODEL_FILE, str(exc)) from None
 
     features = model[0] if isinstance(model, Pipeline) else None
     if (features is None or not hasattr(features, "module_") or len(model) < 2
@@ -544,7 +545,34 @@ def _load_model(path):
             "'skpadim fit', or score other detectors from Python with skpadim.anomaly_maps "
             "and score_samples",
         )
+    model = _on_device(model, device)
+    _check_scores(model, path)
     return model
+
+
+def _check_scores(model, path):
+    """Score one blank image now: a model that lacks something this skpadim needs (one
+    written by another version) fails here, as a model-file error, not mid-way."""
+    from . import __version__
+    from .exceptions import SkpadimError
+    from .persistence import _file_versions
+    from .pipeline import anomaly_maps
+
+    size = getattr(model[0], "image_size_", None)
+    if size is None:  # no fixed input size: nothing to probe with
+        return
+    try:
+        anomaly_maps(model, np.zeros((1, *size, 3), dtype=np.uint8))
+    except SkpadimError:  # a setting (--device) the library rejected, not the file
+        raise
+    except Exception as exc:
+        written = _file_versions(path).get("skpadim", "an unknown version")
+        raise _Failure(
+            EXIT_MODEL_FILE,
+            f"model file {path!r} (written by skpadim {written}) cannot be used by this "
+            f"skpadim ({__version__}): scoring fails with {type(exc).__name__}: {exc}; refit "
+            f"the model with 'skpadim fit', or score with the skpadim version that wrote it",
+        ) from None
 
 
 def _on_device(model, device):
@@ -562,15 +590,33 @@ def _describe(model):
     return type(model).__name__
 
 
-def _save_model(model, path):
-    import joblib
+def _check_model_path(path):
+    """Before any work: the model file's folder exists (or is made) and is writable."""
+    from ._atomic import check_writable
 
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(folder, exist_ok=True)
-        joblib.dump(model, path)
+        check_writable(path)
     except OSError as exc:
-        raise _Failure(EXIT_MODEL_FILE, f"cannot write model file {path!r}: {exc}") from None
+        raise _Failure(EXIT_MODEL_FILE, f"cannot write model file {path!r}: "
+                                        f"{exc.strerror or exc}") from None
+
+
+def _check_images(paths):
+    """Before any work: every training image is an image, from its header (fast)."""
+    from .preprocessing import image_size
+
+    for path in paths:
+        image_size(path)  # a DatasetError naming the file
+
+
+def _save_model(model, path):
+    from .exceptions import ModelFileError
+    from .persistence import save
+
+    try:
+        save(model, path)
+    except ModelFileError as exc:
+        raise _Failure(EXIT_MODEL_FILE, str(exc)) from None
 
 
 def _check_backbone(model):
@@ -610,15 +656,15 @@ def _check_backbone(model):
         )
 
 
-def _maps_in_batches(model, paths, batch_size, log, desc):
-    """Anomaly maps of ``paths``, ``batch_size`` at a time, with a progress bar."""
-    from .pipeline import anomaly_maps
+def _inspect_in_batches(model, paths, batch_size, log, desc):
+    """``(start, Inspection)`` of ``paths``, ``batch_size`` at a time, with a progress bar:
+    maps, scores and labels of each batch from one pass through the backbone."""
+    from .pipeline import iter_inspect_images
 
     with log.progress(total=len(paths), desc=desc, unit="img") as bar:
-        for start in range(0, len(paths), batch_size):
-            part = paths[start : start + batch_size]
-            yield start, anomaly_maps(model, part, batch_size=batch_size)
-            bar.update(len(part))
+        for start, result in iter_inspect_images(model, paths, batch_size=batch_size):
+            yield start, result
+            bar.update(len(result.maps))
 
 
 def _seen_images(model, paths):
@@ -662,6 +708,8 @@ def _cmd_fit(args, log):
     if resize is not None and crop is not None and crop > resize:
         raise _Failure(EXIT_USAGE, f"the crop ({crop}) is larger than the resize ({resize}); "
                                    "pass a --crop no larger than --resize, or --crop none")
+    _check_model_path(args.model)
+    _check_images(data.train_images)
     n_features = {"auto": "auto", "all": None}.get(args.n_features, args.n_features)
     layers = None if args.layers is None else [s.strip() for s in args.layers.split(",") if s]
     model = make_padim(
@@ -673,9 +721,8 @@ def _cmd_fit(args, log):
     features = model[0]
     log.info(f"model: PaDiM, backbone {features.backbone}, {model[1].n_features or 'all'} "
              f"channels, resize {resize}, crop {crop}, device {args.device}")
-    with log.progress(total=2 * len(data.train_images), desc="fit", unit="img") as bar:
-        fit_in_batches(model, _CountedPaths(data.train_images, bar),
-                       batch_size=args.batch_size)
+    with log.progress(total=len(data.train_images), desc="fit", unit="img") as bar:
+        fit_in_batches(model, data.train_images, batch_size=args.batch_size, progress=bar)
     _save_model(model, args.model)
     threshold = -model[-1].offset_
     print(f"model saved to {args.model} ({len(data.train_images)} training images; "
@@ -684,10 +731,10 @@ def _cmd_fit(args, log):
 
 
 def _cmd_score(args, log):
+    from ._atomic import atomic_write
     from .report import heat_range, save_overlay
-    from .scoring import image_scores
 
-    model = _on_device(_load_model(args.model), args.device)
+    model = _load_model(args.model, args.device, args.allow_pickle)
     features, detector = model[0], model[-1]
     paths = _list_images(args.images)
     masks, unmatched = [None] * len(paths), []
@@ -701,15 +748,14 @@ def _cmd_score(args, log):
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "scores.csv")
     n_anomalous = 0
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+    # Atomic: a run that fails half-way leaves the previous scores.csv whole.
+    with atomic_write(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "anomaly_score", "normality_score", "prediction", "mask",
                          "overlay"])
-        for start, maps in _maps_in_batches(model, paths, args.batch_size, log, "score"):
+        for start, result in _inspect_in_batches(model, paths, args.batch_size, log, "score"):
+            maps, scores, predictions = result
             part = slice(start, start + len(maps))
-            scores = image_scores(maps)
-            # The detector's own rule: predict +1 when score_samples - offset_ >= 0.
-            predictions = np.where(-scores - detector.offset_ >= 0, 1, -1)
             n_anomalous += int((predictions == -1).sum())
             overlays = [""] * len(maps)
             if not args.no_overlays:
@@ -740,9 +786,8 @@ def _cmd_evaluate(args, log):
     from .exceptions import DatasetError
     from .report import (ScoredSet, heat_range, metrics_markdown, save_overlay,
                          select_for_overlays, write_report)
-    from .scoring import image_scores
 
-    model = _on_device(_load_model(args.model), args.device)
+    model = _load_model(args.model, args.device, args.allow_pickle)
     features = model[0]
     data, name, description = _open_data(args.data, args.format, args.category,
                                          args.frame_step)
@@ -750,12 +795,14 @@ def _cmd_evaluate(args, log):
     paths = list(data.test_images)
     if not paths:
         raise DatasetError(f"data set {args.data!r} has no test images to evaluate on")
-    maps = np.concatenate([m for _, m in _maps_in_batches(model, paths, args.batch_size,
-                                                          log, "evaluate")])
+    # Pixel metrics (PRO, pixel AUROC) need every map at once.
+    parts = [result for _, result in _inspect_in_batches(model, paths, args.batch_size, log,
+                                                         "evaluate")]
+    maps = np.concatenate([p.maps for p in parts])
+    scores = np.concatenate([p.anomaly_scores for p in parts])
     masks = None
     if data.test_masks is not None:
         masks = _read_masks(data.test_masks, paths, features.resize, features.crop)
-    scores = image_scores(maps)
     scored = ScoredSet(np.asarray(data.test_labels), scores,
                        np.asarray(data.test_defect_types), maps, masks)
     info = {"model": os.fspath(args.model), "data": description,
@@ -785,8 +832,10 @@ def _cmd_evaluate(args, log):
 
 
 def _write_evaluation_csv(path, scored, paths, model):
+    from ._atomic import atomic_write
+
     offset = model[-1].offset_
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "defect_type", "label", "anomaly_score", "prediction"])
         for p, defect, label, score in zip(paths, scored.defect_types, scored.labels,
@@ -839,9 +888,9 @@ def main(argv=None):
     >>> from skpadim.cli import main
     >>> main(["fit", "--quiet"])                           # usage error: DATA, --model missing
     2
-    >>> main(["fit", "no/such/folder", "--model", "model.joblib"])               # data error
+    >>> main(["fit", "no/such/folder", "--model", "m.safetensors"])                  # data error
     3
-    >>> main(["score", "no/such/model.joblib", "image.png", "--out", "scores"])  # model file
+    >>> main(["score", "no/such/m.safetensors", "image.png", "--out", "scores"])     # model file
     4
     """
     parser = build_parser()
@@ -855,7 +904,8 @@ def main(argv=None):
               file=sys.stderr)
         return EXIT_USAGE
 
-    from .exceptions import DatasetError, InvalidImageError, SkpadimError, WeightsError
+    from .exceptions import (DatasetError, InvalidImageError, ModelFileError, SkpadimError,
+                             WeightsError)
 
     def fail(code, message):
         print(f"skpadim {args.command}: error: {message}", file=sys.stderr)
@@ -869,6 +919,8 @@ def main(argv=None):
         return fail(EXIT_BACKBONE, exc)
     except (DatasetError, InvalidImageError) as exc:
         return fail(EXIT_DATA, exc)
+    except ModelFileError as exc:
+        return fail(EXIT_MODEL_FILE, exc)
     except SkpadimError as exc:  # invalid option values the library rejected
         return fail(EXIT_USAGE, exc)
     except OSError as exc:  # reading errors are DatasetErrors by now: an output failed

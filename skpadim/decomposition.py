@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._compat import Interval, _fit_context
 from ._torch import from_numpy
 from ._validation import validate_feature_maps
+from ._versioning import VersionedStateMixin
 from .exceptions import InvalidImageError
 
 __all__ = ["PatchPCA"]
@@ -27,7 +28,8 @@ def _patch_rows(X):
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
-class PatchPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class PatchPCA(VersionedStateMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
+               BaseEstimator):
     """Project every patch embedding on the principal axes of the training embeddings.
 
     One projection is learnt from all patch vectors of all training images (every position

@@ -11,6 +11,7 @@ __all__ = [
     "ConfigurationError",
     "DatasetError",
     "WeightsError",
+    "ModelFileError",
     "SkpadimWarning",
 ]
 
@@ -34,6 +35,13 @@ class DatasetError(SkpadimError, OSError):
 
 class WeightsError(SkpadimError, OSError):
     """A backbone's weights file is missing, unreadable or holds the wrong tensors."""
+
+
+class ModelFileError(SkpadimError, OSError):
+    """A model file that cannot be read or written: missing, truncated, edited, of an
+    unknown or newer format, naming classes outside skpadim's allow-list, a pickle file
+    where the safe format is required, or a model holding something the safe format cannot
+    store."""
 
 
 class SkpadimWarning(UserWarning):

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from . import backbones, preprocessing
 from ._compat import Interval, StrOptions, _fit_context
 from ._torch import ImageModuleMixin, resolve_device, torch_seed
+from ._versioning import VersionedStateMixin
 from .exceptions import InvalidImageError
 
 __all__ = ["BackboneFeatures", "concat_layers"]
@@ -20,7 +21,7 @@ __all__ = ["BackboneFeatures", "concat_layers"]
 _UPSAMPLE = ("nearest", "bilinear", "bicubic")
 
 
-def concat_layers(feature_maps, upsample="nearest"):
+def concat_layers(feature_maps, upsample="nearest", channels=None):
     """Concatenate layer outputs on the grid of the first one (PaDiM's patch embedding).
 
     Parameters
@@ -30,10 +31,14 @@ def concat_layers(feature_maps, upsample="nearest"):
     upsample : {"nearest", "bilinear", "bicubic"}, default="nearest"
         How coarser layers are brought to that grid. "nearest" gives every fine patch the
         feature of the coarse patch containing it, as the paper's code and anomalib do.
+    channels : array-like of int or None, default=None
+        Channels of the concatenation to return, in this order; None returns all. Equal to
+        selecting them afterwards, without ever holding the unselected ones (a random
+        selection of 100 of ResNet18's 448 channels needs a quarter of the memory).
 
     Returns
     -------
-    embedding : torch.Tensor of shape (n, sum(c_k), h_0, w_0)
+    embedding : torch.Tensor of shape (n, sum(c_k), h_0, w_0) or (n, len(channels), h_0, w_0)
 
     Examples
     --------
@@ -42,18 +47,50 @@ def concat_layers(feature_maps, upsample="nearest"):
     >>> maps = [torch.zeros(1, 4, 8, 8), torch.ones(1, 2, 4, 4)]
     >>> concat_layers(maps).shape
     torch.Size([1, 6, 8, 8])
+    >>> concat_layers(maps, channels=[5, 0]).shape, bool(torch.equal(
+    ...     concat_layers(maps, channels=[5, 0]), concat_layers(maps)[:, [5, 0]]))
+    (torch.Size([1, 2, 8, 8]), True)
     """
-    size = feature_maps[0].shape[-2:]
-    out = [feature_maps[0]]
-    for fmap in feature_maps[1:]:
-        if fmap.shape[-2:] != size:
-            kwargs = {} if upsample == "nearest" else {"align_corners": False}
-            fmap = F.interpolate(fmap, size=size, mode=upsample, **kwargs)
-        out.append(fmap)
-    return torch.cat(out, dim=1)
+    first = feature_maps[0]
+    n, (h, w) = first.shape[0], first.shape[-2:]
+    bounds = np.cumsum([0] + [f.shape[1] for f in feature_maps])
+    if channels is None:
+        channels = np.arange(bounds[-1])
+    channels = np.asarray(channels, dtype=np.int64)
+    out = torch.empty(n, len(channels), h, w, dtype=first.dtype, device=first.device)
+    layer_of = np.searchsorted(bounds, channels, side="right") - 1
+    for k, fmap in enumerate(feature_maps):
+        where = np.flatnonzero(layer_of == k)
+        if where.size == 0:
+            continue
+        local = channels[where] - bounds[k]
+        if local.size != fmap.shape[1] or (local != np.arange(fmap.shape[1])).any():
+            fmap = fmap.index_select(1, torch.from_numpy(local).to(fmap.device))
+        if (where == np.arange(where[0], where[0] + where.size)).all():
+            _upsample_into(out[:, where[0] : where[0] + where.size], fmap, upsample)
+        else:
+            up = torch.empty(n, where.size, h, w, dtype=out.dtype, device=out.device)
+            _upsample_into(up, fmap, upsample)
+            out.index_copy_(1, torch.from_numpy(where).to(out.device), up)
+    return out
 
 
-class BackboneFeatures(ImageModuleMixin, TransformerMixin, BaseEstimator):
+def _upsample_into(target, fmap, upsample):
+    """Write ``fmap`` brought to ``target``'s grid into ``target``."""
+    (h, w), (fh, fw) = target.shape[-2:], fmap.shape[-2:]
+    if (fh, fw) == (h, w):
+        target.copy_(fmap)
+    elif upsample == "nearest" and h % fh == 0 and w % fw == 0:
+        # An integer-factor nearest upsampling is a broadcast: written straight into the
+        # output, it needs no full-size temporary (the largest one of a forward pass).
+        n, c = fmap.shape[:2]
+        target.view(n, c, fh, h // fh, fw, w // fw).copy_(fmap[:, :, :, None, :, None])
+    else:
+        kwargs = {} if upsample == "nearest" else {"align_corners": False}
+        target.copy_(F.interpolate(fmap, size=(h, w), mode=upsample, **kwargs))
+
+
+class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, BaseEstimator):
     """Patch embeddings from a pretrained CNN: images to ``(n, C, h, w)`` feature maps.
 
     Images are resized and center-cropped as in the paper, normalised for the backbone, and
@@ -105,6 +142,10 @@ class BackboneFeatures(ImageModuleMixin, TransformerMixin, BaseEstimator):
         are None and input sizes may vary.
     feature_shape_ : tuple of int or None
         ``(C, h, w)`` of each output sample for ``image_size_``.
+    input_size_ : tuple of int or None
+        Without ``resize`` and ``crop``: ``(H, W)`` of the images given to ``fit``, which
+        every later image must share (checked before the backbone runs). None otherwise, or
+        when ``fit`` saw no images.
 
     Examples
     --------
@@ -186,8 +227,14 @@ class BackboneFeatures(ImageModuleMixin, TransformerMixin, BaseEstimator):
             raise InvalidImageError(
                 f"mean and std need 3 values each (std > 0), got mean={mean}, std={std}"
             )
+        self.input_size_ = None
         if X is not None:
-            next(preprocessing.as_image_batches(X[:1], 1))  # fail early on bad input
+            # Fails early on bad input; without resize and crop, later images must have
+            # the size of these.
+            first = next(preprocessing.as_image_batches(
+                X[:1], 1, self.resize, self.crop, self.interpolation))
+            if self.resize is None and self.crop is None:
+                self.input_size_ = tuple(first.shape[-2:])
         trunk = backbones.build_trunk(
             self.backbone, self.layers, self.weights, seed=torch_seed(self.random_state)
         )
@@ -225,22 +272,63 @@ class BackboneFeatures(ImageModuleMixin, TransformerMixin, BaseEstimator):
         -------
         features : ndarray of shape (n, n_channels_, h, w), dtype float32
         """
+        return self._transform(X)
+
+    def _transform(self, X, channels=None):
+        """``transform``, keeping only ``channels`` of the output (see :func:`concat_layers`)."""
         check_is_fitted(self)
         device = resolve_device(self.device)
-        module = self.module_.to(device)
+        module = self._inference_module(device)
         n = preprocessing.n_images(X)
-        out = []
+        out = None
+        # One forward pass needs no progress bar; longer work shows one.
         with torch.inference_mode(), tqdm(
-            total=n, disable=not self.verbose, desc="features", unit="img"
+            total=n, disable=not self.verbose or n <= self.batch_size, desc="features",
+            unit="img", leave=False,
         ) as bar:
             for batch in self._batches(X):
-                fmap = concat_layers(module(batch.to(device)), self.upsample)
-                out.append(fmap.cpu().numpy())
+                self._check_size(batch)
+                fmap = concat_layers(module(batch.to(device)), self.upsample, channels)
+                fmap = fmap.cpu().numpy()
+                if out is None:
+                    if len(fmap) == n:
+                        return fmap
+                    # Filled in place: a list of batches and a concatenation would hold
+                    # every feature map twice.
+                    out = np.empty((n, *fmap.shape[1:]), dtype=fmap.dtype)
+                    done = 0
+                if fmap.shape[1:] != out.shape[1:]:
+                    raise InvalidImageError(
+                        f"images gave feature maps of different sizes "
+                        f"{sorted({fmap.shape[1:], out.shape[1:]})}; set resize (and crop) "
+                        "so every image reaches the network at the same size"
+                    )
+                out[done : done + len(fmap)] = fmap
+                done += len(fmap)
                 bar.update(len(batch))
-        shapes = {o.shape[1:] for o in out}
-        if len(shapes) > 1:
+        return out
+
+    def _inference_module(self, device):
+        """``module_`` with its batch norms folded into the convolutions (faster, the same
+        features to float rounding), built once per device and kept in memory, not saved."""
+        cached = self.__dict__.get("_folded")
+        if cached is None or cached[0] != device or cached[1] is not self.module_:
+            cached = (device, self.module_, backbones.fold_batch_norm(self.module_.to(device)))
+            self._folded = cached
+        return cached[2]
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_folded", None)
+        return state
+
+    def _check_size(self, batch):
+        """Images must reach the network at the size seen in fit: checked on the input,
+        before the backbone runs on it."""
+        expected = self.__dict__.get("image_size_") or self.__dict__.get("input_size_")
+        size = tuple(batch.shape[-2:])
+        if expected is not None and size != tuple(expected):
             raise InvalidImageError(
-                f"images gave feature maps of different sizes {sorted(shapes)}; set resize "
-                "(and crop) so every image reaches the network at the same size"
+                f"images reach the network at {size}, not the {tuple(expected)} seen in fit; "
+                "resize them like the training images, or set resize (and crop)"
             )
-        return np.concatenate(out)

@@ -22,12 +22,17 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, StrOptions, _fit_context
 from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
+from ._calibration import SystematicSample
 from ._torch import from_numpy, resolve_device
 from ._validation import validate_feature_maps
+from ._versioning import VersionedStateMixin
 from .exceptions import InvalidImageError
 
 __all__ = [
     "PatchMoments",
+    "pack_upper",
+    "unpack_symmetric",
+    "unpack_upper",
     "precision_cholesky",
     "mahalanobis",
     "leave_one_out_distances",
@@ -35,11 +40,81 @@ __all__ = [
 ]
 
 
+def _triu(d, device=None):
+    """Row and column indices of the upper triangle of a ``d x d`` matrix, row-major."""
+    return torch.triu_indices(d, d, device=device).unbind(0)
+
+
+def pack_upper(M):
+    """Keep the upper triangles of a stack of matrices: (p, d, d) -> (p, d(d+1)/2).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.gaussian import pack_upper, unpack_symmetric
+    >>> M = torch.tensor([[[1.0, 2.0], [2.0, 3.0]]])
+    >>> pack_upper(M).tolist()
+    [[1.0, 2.0, 3.0]]
+    >>> bool(torch.equal(unpack_symmetric(pack_upper(M), 2), M))
+    True
+    """
+    d = M.shape[-1]
+    flat = M.reshape(M.shape[0], d * d)
+    rows, cols = _triu(d, M.device)
+    return flat.index_select(1, rows * d + cols)
+
+
+def _unpack(packed, d, symmetric, dtype=None):
+    dtype = packed.dtype if dtype is None else dtype
+    rows, cols = _triu(d, packed.device)
+    out = torch.zeros(packed.shape[0], d * d, dtype=dtype, device=packed.device)
+    out[:, rows * d + cols] = packed.to(dtype)
+    if symmetric:
+        out[:, cols * d + rows] = packed.to(dtype)
+    return out.view(packed.shape[0], d, d)
+
+
+def unpack_symmetric(packed, d, dtype=None):
+    """Inverse of :func:`pack_upper` for symmetric matrices: (p, d(d+1)/2) -> (p, d, d).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.gaussian import unpack_symmetric
+    >>> unpack_symmetric(torch.tensor([[1.0, 2.0, 3.0]]), 2).tolist()
+    [[[1.0, 2.0], [2.0, 3.0]]]
+    """
+    return _unpack(packed, d, symmetric=True, dtype=dtype)
+
+
+def unpack_upper(packed, d, dtype=None):
+    """Inverse of :func:`pack_upper` for upper-triangular matrices (zeros below).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skpadim.gaussian import unpack_upper
+    >>> unpack_upper(torch.tensor([[1.0, 2.0, 3.0]]), 2).tolist()
+    [[[1.0, 2.0], [0.0, 3.0]]]
+    """
+    return _unpack(packed, d, symmetric=False, dtype=dtype)
+
+
 class PatchMoments(NamedTuple):
     """Running first and second moments of patch embeddings, per position, in float64.
 
-    Sums are taken around a fixed ``shift`` (the first batch's mean) rather than around zero,
-    so ``scatter`` does not lose digits to cancellation when features have large means.
+    Sums are taken around a fixed ``shift`` (the first batch's mean, rounded to float32)
+    rather than around zero, so ``scatter`` does not lose digits to cancellation when
+    features have large means. Only the upper triangle of each position's scatter matrix is
+    kept (it is symmetric), which halves the largest buffer of a fit.
+
+    Moments are *mergeable*: :meth:`merge` combines the moments of two disjoint sets of
+    samples, whatever their shifts, into exactly the moments of their union (the pairwise
+    update of Chan, Golub and LeVeque). That is what makes ``partial_fit``, streaming and
+    distributed fits one computation: each worker updates its own moments, a reduction
+    merges them, and the factors are computed once at the end
+    (:meth:`skpadim.PatchGaussian.from_moments`). In Ray or Spark, use ``merge`` as the
+    combine function of a tree aggregation; moments pickle as plain tensors.
 
     Attributes
     ----------
@@ -49,8 +124,9 @@ class PatchMoments(NamedTuple):
         Reference point the sums are taken around.
     sum : torch.Tensor of shape (n_positions, n_features)
         Sum of ``x - shift``.
-    sum_sq : torch.Tensor of shape (n_positions, n_features, n_features)
-        Sum of the outer products ``(x - shift)(x - shift)^T``.
+    sum_sq : torch.Tensor of shape (n_positions, n_features * (n_features + 1) // 2)
+        Upper triangles (row-major, :func:`pack_upper`) of the sums of the outer products
+        ``(x - shift)(x - shift)^T``.
 
     Examples
     --------
@@ -66,6 +142,10 @@ class PatchMoments(NamedTuple):
     True
     >>> bool(torch.allclose(moments.covariance()[0], torch.cov(X[0].T)))
     True
+    >>> a = PatchMoments.empty(X[:, :6].mean(dim=1)).update(X[:, :6])   # two workers
+    >>> b = PatchMoments.empty(X[:, 6:].mean(dim=1)).update(X[:, 6:])
+    >>> bool(torch.allclose(a.merge(b).covariance(), moments.covariance()))
+    True
     """
 
     count: int
@@ -76,27 +156,70 @@ class PatchMoments(NamedTuple):
     @classmethod
     def empty(cls, shift):
         """Moments of no samples, to be summed around ``shift`` (positions, features)."""
-        shift = shift.to(torch.float64)
+        # Rounded to float32 so that float32 features minus the shift are computed exactly
+        # in float32 (see update).
+        shift = shift.to(torch.float32).to(torch.float64)
         p, d = shift.shape
         zeros = dict(dtype=torch.float64, device=shift.device)
-        return cls(0, shift, torch.zeros(p, d, **zeros), torch.zeros(p, d, d, **zeros))
+        return cls(0, shift, torch.zeros(p, d, **zeros),
+                   torch.zeros(p, d * (d + 1) // 2, **zeros))
 
     @classmethod
     def from_mean_covariance(cls, count, mean, covariance):
         """Moments that reproduce a known mean and (unregularised, n-1) covariance."""
         mean = mean.to(torch.float64)
-        return cls(count, mean, torch.zeros_like(mean), covariance.to(torch.float64) * (count - 1))
+        scatter = pack_upper(covariance.to(torch.float64) * (count - 1))
+        return cls(count, mean, torch.zeros_like(mean), scatter)
 
-    def update(self, X):
+    @property
+    def n_features(self):
+        return self.shift.shape[1]
+
+    def update(self, X, chunk_bytes=1 << 25):
         """Add a batch ``X`` of shape (n_positions, batch, n_features); returns new moments.
 
-        The sums are updated in place (``baddbmm_``), so no second (positions, d, d) buffer is
-        ever allocated: this is what keeps fitting's memory flat.
+        The sums are updated in place, a block of positions at a time, so the temporaries
+        stay within about ``chunk_bytes`` whatever the number of positions: this is what
+        keeps fitting's memory flat. Products are formed and summed in float64: with fewer
+        samples than dimensions the covariances are ill-conditioned, and float32 products
+        would cost the factors digits.
         """
-        centred = X.to(torch.float64) - self.shift[:, None, :]
-        self.sum.add_(centred.sum(dim=1))
-        self.sum_sq.baddbmm_(centred.transpose(1, 2), centred)
-        return self._replace(count=self.count + X.shape[1])
+        p, b, d = X.shape
+        work = torch.float64
+        rows, cols = _triu(d, X.device)
+        flat = rows * d + cols
+        step = max(1, chunk_bytes // max(1, (d * d + b * d) * 8))
+        for a in range(0, p, step):
+            centred = (X[a : a + step].to(work) - self.shift[a : a + step, None, :].to(work))
+            self.sum[a : a + step] += centred.sum(dim=1, dtype=torch.float64)
+            scatter = torch.bmm(centred.transpose(1, 2), centred)
+            self.sum_sq[a : a + step] += scatter.reshape(-1, d * d).index_select(1, flat)
+        return self._replace(count=self.count + b)
+
+    def merge(self, other):
+        """Moments of the union of two disjoint sample sets (exact, any two shifts).
+
+        ``other``'s sums are moved to this shift (for ``delta = other.shift - shift``:
+        ``sum + n delta`` and ``sum_sq + delta sum^T + sum delta^T + n delta delta^T``)
+        and added. Returns new moments; neither operand is modified.
+        """
+        if self.shift.shape != other.shift.shape:
+            raise InvalidImageError(
+                f"cannot merge moments of {tuple(other.shift.shape)} (positions, features) "
+                f"into {tuple(self.shift.shape)}; both must come from the same pipeline and "
+                "image size"
+            )
+        if other.count == 0:
+            return self._replace(sum=self.sum.clone(), sum_sq=self.sum_sq.clone())
+        if self.count == 0:
+            return other._replace(sum=other.sum.clone(), sum_sq=other.sum_sq.clone())
+        o_sum, o_sq = other.sum.to(self.sum.device), other.sum_sq.to(self.sum.device)
+        delta = other.shift.to(self.shift.device) - self.shift
+        rows, cols = _triu(self.n_features, delta.device)
+        moved_sq = (o_sq + delta[:, rows] * o_sum[:, cols] + o_sum[:, rows] * delta[:, cols]
+                    + other.count * delta[:, rows] * delta[:, cols])
+        return PatchMoments(self.count + other.count, self.shift,
+                            self.sum + o_sum + other.count * delta, self.sum_sq + moved_sq)
 
     @property
     def mean(self):
@@ -107,7 +230,8 @@ class PatchMoments(NamedTuple):
         """Sample covariance (divided by n - 1), float64, for a slice of positions."""
         s = self.sum[positions]
         outer = s[:, :, None] * s[:, None, :] / self.count
-        return (self.sum_sq[positions] - outer) / (self.count - 1)
+        scatter = unpack_symmetric(self.sum_sq[positions], self.n_features)
+        return (scatter - outer) / (self.count - 1)
 
 
 def precision_cholesky(covariance, reg_covar=0.0):
@@ -158,7 +282,7 @@ def precision_cholesky(covariance, reg_covar=0.0):
     return inv_chol.transpose(-1, -2)
 
 
-def mahalanobis(X, mean, prec_chol):
+def mahalanobis(X, mean, prec_chol, block_bytes=1 << 23):
     """Mahalanobis distances ``sqrt((x - mean)^T P (x - mean))`` with ``P = U U^T``.
 
     Parameters
@@ -169,6 +293,8 @@ def mahalanobis(X, mean, prec_chol):
         Each position's mean.
     prec_chol : torch.Tensor of shape (n_positions, d, d)
         Upper-triangular Cholesky factors of the precisions, from :func:`precision_cholesky`.
+    block_bytes : int, default=8 MiB
+        Size of the temporaries; positions are processed in blocks that fit it.
 
     Returns
     -------
@@ -188,11 +314,18 @@ def mahalanobis(X, mean, prec_chol):
     # permuted view of (n, d, positions)) that is one transpose per image, about three times
     # cheaper than gathering a positions-first copy; bmm then reads the positions-first view
     # of the buffer at full speed, since the rows of each position's matrix are contiguous.
+    # Blocks of positions bound the two temporaries (centred values and their products) to
+    # a few MB whatever the batch, at no cost in speed: each block's bmm is still large.
     n_positions, n_samples, d = X.shape
-    centred = torch.empty(n_samples, n_positions, d, dtype=X.dtype, device=X.device)
-    torch.sub(X.transpose(0, 1), mean, out=centred)
-    y = torch.bmm(centred.transpose(0, 1), prec_chol)
-    return torch.linalg.vector_norm(y, dim=-1)
+    out = torch.empty(n_positions, n_samples, dtype=X.dtype, device=X.device)
+    step = max(1, block_bytes // max(1, n_samples * d * X.element_size()))
+    for a in range(0, n_positions, step):
+        b = min(a + step, n_positions)
+        centred = torch.empty(n_samples, b - a, d, dtype=X.dtype, device=X.device)
+        torch.sub(X[a:b].transpose(0, 1), mean[a:b], out=centred)
+        y = torch.bmm(centred.transpose(0, 1), prec_chol[a:b])
+        out[a:b] = torch.linalg.vector_norm(y, dim=-1)
+    return out
 
 
 def leave_one_out_distances(distances, n_samples):
@@ -242,20 +375,7 @@ def leave_one_out_distances(distances, n_samples):
     return np.sqrt(n**2 * (n - 2) * r / ((n - 1) ** 3 * (1 - s))).astype(distances.dtype)
 
 
-def _pack_upper(U):
-    """Keep the upper triangles of a stack of matrices: (p, d, d) -> (p, d(d+1)/2)."""
-    rows, cols = torch.triu_indices(U.shape[-1], U.shape[-1])
-    return U[:, rows, cols]
-
-
-def _unpack_upper(packed, d, dtype):
-    rows, cols = torch.triu_indices(d, d)
-    U = torch.zeros(packed.shape[0], d, d, dtype=dtype)
-    U[:, rows, cols] = packed.to(dtype)
-    return U
-
-
-class PatchGaussian(AnomalyMapMixin, BaseEstimator):
+class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
     """PaDiM's normality model: a Gaussian per patch position, scored by Mahalanobis distance.
 
     For every position ``(i, j)`` of the feature grid, ``fit`` estimates the mean and the
@@ -264,9 +384,18 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
     anomaly is its Mahalanobis distance to its position's Gaussian; distances are upsampled to
     ``map_size``, Gaussian-filtered, and the image score is the maximum of the map.
 
-    Fitting streams over ``batch_size`` samples at a time and accumulates float64 sums, so
-    memory does not grow with the number of training images, and :meth:`partial_fit` continues
-    a fit with more images, giving the same model as one ``fit`` on all of them.
+    Fitting streams over ``batch_size`` samples at a time and accumulates float64 sums
+    (:class:`PatchMoments`), so memory does not grow with the number of training images, and
+    :meth:`partial_fit` continues a fit with more images, giving the same model as one
+    ``fit`` on all of them. The factors are computed once, when the fit ends or, after
+    ``partial_fit``, when the model is first used.
+
+    **Threshold without a second pass.** ``offset_`` is a percentile of training scores
+    under the finished model, so the samples scored must still be at hand when the fit
+    ends. The model keeps an evenly spread, deterministic sample of at most
+    ``calibration_size`` training samples (every k-th one, k doubling as the stream grows;
+    all of them up to ``calibration_size``) and scores those: no training image is sent
+    through the backbone twice, and memory stays bounded.
 
     With 2-D input ``(n_samples, n_features)`` the grid is a single position and this is a
     plain regularised Mahalanobis outlier detector.
@@ -287,6 +416,14 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         the training images are flagged), which is optimistic: in-sample distances are
         small, and with 100 dimensions and a few hundred images many new normal images
         would be flagged.
+    calibration_size : int, "auto" or None, default="auto"
+        Most training samples kept to set ``offset_`` (see above); they are dropped when the
+        model is saved. With at most this many training samples, all of them are scored,
+        exactly as a second pass over the data would; beyond it, between
+        ``calibration_size / 2`` and ``calibration_size`` evenly spaced ones are. Each costs
+        one feature map of memory (1.25 MB for 100 channels on a 56x56 grid). "auto" keeps
+        as many as fit in 64 MB, and at least 64; None keeps every training sample (memory
+        then grows with the training set).
     batch_size : int, default=32
         Samples processed at once in ``fit`` and when scoring. Results do not depend on it.
     map_size : int, (int, int) or None, default=None
@@ -322,8 +459,8 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         Per-position means, positions in row-major order.
     precisions_cholesky_ : ndarray of shape (h * w, n_features_in_, n_features_in_)
         Upper-triangular Cholesky factors of the precision matrices (inverse regularised
-        covariances), as in :class:`sklearn.mixture.GaussianMixture`. Stored packed; this
-        attribute unpacks them.
+        covariances), as in :class:`sklearn.mixture.GaussianMixture`, rounded to
+        ``storage_dtype``. Saved packed (upper triangles only).
     covariances_ : ndarray of shape (h * w, n_features_in_, n_features_in_)
         Regularised covariances, recomputed from ``precisions_cholesky_`` on access.
     offset_ : float
@@ -356,6 +493,7 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "storage_dtype": [StrOptions({"float32", "float16"})],
         "calibration": [StrOptions({"leave-one-out", "in-sample"})],
+        "calibration_size": [None, StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         **MAP_PARAMETER_CONSTRAINTS,
     }
@@ -365,6 +503,7 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         reg_covar=0.01,
         contamination=0.01,
         calibration="leave-one-out",
+        calibration_size="auto",
         batch_size=32,
         map_size=None,
         interpolation="bicubic",
@@ -377,6 +516,7 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         self.reg_covar = reg_covar
         self.contamination = contamination
         self.calibration = calibration
+        self.calibration_size = calibration_size
         self.batch_size = batch_size
         self.map_size = map_size
         self.interpolation = interpolation
@@ -431,16 +571,17 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         X, _ = self._validate(X, reset=True)
         X = self._normal_samples(X, y)
         self._accumulate(X)
-        self._set_offset(self._training_scores(X))
+        self._finish()
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
         """Add more normal samples to the model (or start one).
 
-        The resulting Gaussians equal those of a single ``fit`` on all samples seen (up to
-        floating-point rounding). ``offset_`` is re-estimated from the scores of this call's
-        samples, since earlier samples are not kept.
+        Only the running sums are updated (and, for the threshold, a bounded sample of the
+        training samples is kept, see ``calibration_size``); the Cholesky factors and
+        ``offset_`` are computed once, when the model is next used. The resulting model
+        equals a single ``fit`` on all samples seen, up to floating-point rounding.
 
         Parameters
         ----------
@@ -460,19 +601,84 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         X, _ = self._validate(X, reset=first)
         X = self._normal_samples(X, y, min_samples=2 if first else 1)
         self._accumulate(X)
-        self._set_offset(self._training_scores(X))
+        self._unfinished = True
         return self
+
+    @classmethod
+    def from_moments(cls, moments, grid_shape=None, calibration_samples=None, **params):
+        """A fitted model from accumulated (for instance merged) :class:`PatchMoments`.
+
+        Parameters
+        ----------
+        moments : PatchMoments
+            Sums over ``moments.count`` (at least 2) training samples.
+        grid_shape : (int, int) or None, default=None
+            ``(h, w)`` of the feature maps the positions come from, row-major; None for
+            2-D feature vectors (a single position).
+        calibration_samples : ndarray of shape (m, n_features, h, w) or (m, n_features)
+            Training samples whose scores set ``offset_`` (for instance the union of each
+            worker's sample). None leaves the threshold unset.
+        **params
+            Estimator parameters (``reg_covar``, ``contamination``, ...).
+
+        Returns
+        -------
+        model : PatchGaussian
+            Fitted, as ``fit`` on the same samples would be.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> from skpadim import PatchGaussian
+        >>> from skpadim.gaussian import PatchMoments
+        >>> X = np.random.RandomState(0).normal(size=(30, 4)).astype(np.float32)
+        >>> def moments(part):
+        ...     t = torch.from_numpy(part)[None]           # one position, positions first
+        ...     return PatchMoments.empty(t.mean(dim=1)).update(t)
+        >>> merged = moments(X[:10]).merge(moments(X[10:]))
+        >>> model = PatchGaussian.from_moments(merged, calibration_samples=X)
+        >>> bool(np.allclose(model.score_samples(X), PatchGaussian().fit(X).score_samples(X)))
+        True
+        """
+        model = cls(**params)
+        model._check_map_size()
+        if moments.count < 2:
+            raise InvalidImageError(f"fitting needs at least 2 samples, got {moments.count}")
+        flat = grid_shape is None
+        model._flat_ = flat
+        model.grid_shape_ = (1, 1) if flat else tuple(int(g) for g in grid_shape)
+        if moments.shift.shape[0] != model.grid_shape_[0] * model.grid_shape_[1]:
+            raise InvalidImageError(
+                f"moments hold {moments.shift.shape[0]} positions, not the "
+                f"{model.grid_shape_[0] * model.grid_shape_[1]} of grid_shape={grid_shape}"
+            )
+        model.n_features_in_ = moments.n_features
+        model._moments = PatchMoments(*(t.cpu() if torch.is_tensor(t) else t for t in moments))
+        model.n_samples_seen_ = moments.count
+        model.reg_covar_ = float(model.reg_covar)
+        if calibration_samples is not None:
+            calibration_samples = np.asarray(calibration_samples)
+            model._calibration = model._new_calibration_sample(calibration_samples[0].nbytes)
+            model._calibration.add(calibration_samples)
+        model._finish()
+        return model
 
     def _training_scores(self, X):
         """``score_samples`` of training samples, as ``calibration`` asks, to set ``offset_``."""
-        distances = self.patch_distances(X)
+        distances = self._patch_distances(X)
         if self.calibration == "leave-one-out":
             distances = leave_one_out_distances(distances, self.n_samples_seen_)
         return -self._distances_to_scores(distances)
 
+    def _new_calibration_sample(self, sample_bytes, budget=1 << 26):
+        capacity = self.calibration_size
+        if capacity == "auto":
+            capacity = max(64, budget // max(1, sample_bytes))
+        return SystematicSample(capacity)
+
     def _reset(self):
         """Forget what was learnt, so that the next partial_fit starts a new model."""
-        for attr in ("_moments", "n_samples_seen_"):
+        for attr in ("_moments", "_calibration", "n_samples_seen_", "_unfinished"):
             self.__dict__.pop(attr, None)
 
     def _accumulate(self, X):
@@ -482,35 +688,61 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
             moments = self._moments_from_fitted()
         if moments is not None and moments.sum.device != device:
             moments = PatchMoments(*(t.to(device) if torch.is_tensor(t) else t for t in moments))
+        calibration = self.__dict__.get("_calibration")
+        if calibration is None:
+            calibration = self._calibration = self._new_calibration_sample(X[0].nbytes)
         for start in range(0, X.shape[0], self.batch_size):
-            batch = self._positions_first(X[start : start + self.batch_size]).to(device)
+            part = X[start : start + self.batch_size]
+            batch = self._positions_first(part).to(device)
             if moments is None:
-                moments = PatchMoments.empty(batch.to(torch.float64).mean(dim=1))
+                moments = PatchMoments.empty(batch.mean(dim=1, dtype=torch.float64))
             moments = moments.update(batch)
+            calibration.add(part)
         # Kept for partial_fit, on the CPU: a GPU's memory goes to scoring.
         self._moments = PatchMoments(*(t.cpu() if torch.is_tensor(t) else t for t in moments))
         self._flat_ = X.ndim == 2
         self.grid_shape_ = (1, 1) if X.ndim == 2 else tuple(X.shape[2:])
         self.n_samples_seen_ = moments.count
-        self._finalize(moments)
+        self.reg_covar_ = float(self.reg_covar)
 
-    def _finalize(self, moments, chunk=256):
-        """Regularise, factorise and store the model (chunks bound the float64 temporaries)."""
-        dtype = torch.float16 if self.storage_dtype == "float16" else torch.float32
-        packed = []
-        for start in range(0, moments.sum.shape[0], chunk):
+    def _finish(self, chunk=64):
+        """Factorise (once, however many partial_fit calls came before) and calibrate.
+
+        Positions are factorised in chunks, which bounds the float64 temporaries. The
+        factors are rounded to ``storage_dtype`` (what a saved model keeps) and held as
+        float32 matrices ready for scoring.
+        """
+        moments = self._moments
+        storage = torch.float16 if self.storage_dtype == "float16" else torch.float32
+        mean = moments.mean
+        # Sums propagate NaN and inf; isfinite on the whole buffer would allocate its size.
+        if not torch.isfinite(mean.sum()) or not torch.isfinite(moments.sum_sq.sum()):
+            raise InvalidImageError(
+                "the fitted means or covariances hold NaN or infinite values (features too "
+                "large for float32?); check the images and the steps before this one"
+            )
+        chol = torch.empty(mean.shape[0], mean.shape[1], mean.shape[1], dtype=torch.float32)
+        finite = True
+        for start in range(0, mean.shape[0], chunk):
             cov = moments.covariance(slice(start, start + chunk))
-            packed.append(_pack_upper(precision_cholesky(cov, self.reg_covar)).to(dtype).cpu())
-        self.mean_ = moments.mean.to(torch.float32).cpu().numpy()
-        self._packed_chol = torch.cat(packed)
-        if not torch.isfinite(self._packed_chol).all():
+            factors = precision_cholesky(cov, self.reg_covar_).cpu().to(storage)
+            finite = finite and bool(torch.isfinite(factors).all())
+            chol[start : start + chunk] = factors
+        if not finite:
             raise InvalidImageError(
                 f"the precision factors overflow {self.storage_dtype} (features with very "
-                f"small variance and reg_covar={self.reg_covar}); use storage_dtype='float32' "
+                f"small variance and reg_covar={self.reg_covar_}); use storage_dtype='float32' "
                 "or a larger reg_covar"
             )
-        self.reg_covar_ = float(self.reg_covar)
+        self._mean = mean.to(torch.float32).cpu().numpy()
+        self._chol_cpu = chol
         self.__dict__.pop("_chol_cache", None)
+        self._unfinished = False
+        calibration = self.__dict__.get("_calibration")
+        if calibration is not None and len(calibration):
+            self._set_offset(np.concatenate([
+                self._training_scores(part) for part in calibration.chunks(self.batch_size)
+            ]))
 
     def _moments_from_fitted(self):
         """Rebuild the sums from a model restored from disk, where they are not saved."""
@@ -523,15 +755,31 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fitted state
     @property
+    def mean_(self):
+        self._ensure_finished()
+        try:
+            return self.__dict__["_mean"]
+        except KeyError:
+            raise AttributeError("mean_ is set by fit") from None
+
+    @property
     def precisions_cholesky_(self):
+        self._ensure_finished()
         check_is_fitted(self, "mean_")
-        return self._chol(torch.float32).numpy().copy()
+        return self._chol_cpu.numpy().copy()
 
     @property
     def covariances_(self):
-        check_is_fitted(self, "mean_")
         U = torch.from_numpy(self.precisions_cholesky_).to(torch.float64)
         return self._covariances(U).numpy()
+
+    @property
+    def calibration_samples_(self):
+        """The training samples ``offset_`` was computed from (see ``calibration_size``)."""
+        calibration = self.__dict__.get("_calibration")
+        if calibration is None or not len(calibration):
+            raise AttributeError("calibration_samples_ are kept only until the model is saved")
+        return calibration.array()
 
     @staticmethod
     def _covariances(U):
@@ -541,20 +789,38 @@ class PatchGaussian(AnomalyMapMixin, BaseEstimator):
         return V @ V.transpose(-1, -2)
 
     def _chol(self, dtype, device="cpu"):
-        """Unpacked factors; cached in memory (not on disk) since scoring reads them often."""
+        """The factors as ``dtype`` on ``device``; copies other than the float32 CPU one are
+        cached in memory (never saved), since scoring reads them often."""
+        chol = self._chol_cpu
+        if chol.dtype == dtype and chol.device == torch.device(device):
+            return chol
         cache = self.__dict__.get("_chol_cache")
         if cache is None or cache.dtype != dtype or cache.device != torch.device(device):
-            cache = _unpack_upper(self._packed_chol, self.mean_.shape[1], dtype).to(device)
-            self._chol_cache = cache
+            cache = self._chol_cache = chol.to(device, dtype)
         return cache
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        # The float64 sums (8x the packed factors) and the unpacked cache are rebuilt on
-        # demand; leaving them out is what keeps saved models small.
-        state.pop("_moments", None)
-        state.pop("_chol_cache", None)
+        self._ensure_finished()
+        # A copy: object.__getstate__ may hand back the instance's own __dict__.
+        state = dict(super().__getstate__())
+        # The float64 sums (several times the factors), the calibration sample and any
+        # device copy are not part of the model; the factors are saved packed, in
+        # storage_dtype, which is what keeps model files small.
+        for key in ("_moments", "_calibration", "_chol_cache", "_unfinished"):
+            state.pop(key, None)
+        chol = state.pop("_chol_cpu", None)
+        if chol is not None:
+            storage = torch.float16 if self.storage_dtype == "float16" else torch.float32
+            state["_packed_chol"] = pack_upper(chol).to(storage)
         return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        packed = state.pop("_packed_chol", None)
+        super().__setstate__(state)
+        if packed is not None:
+            d = self.mean_.shape[1]
+            self._chol_cpu = unpack_upper(torch.as_tensor(packed), d, torch.float32)
 
     # ------------------------------------------------------------------ scoring
     def _patch_distances(self, X):

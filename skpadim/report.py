@@ -15,6 +15,9 @@ Overlay colours follow one fixed range per model (:func:`heat_range`), not each 
 minimum and maximum, so the same colour means the same distance in every overlay of a model
 and a normal image does not light up just because its map is normalised to its own peak.
 
+Every file is written atomically (a temporary file beside it, then a rename): a run that
+fails or is killed half-way leaves the previous report's files whole, never truncated.
+
 Curve plots need matplotlib (``pip install "skpadim[demo]"``); everything else needs only
 numpy, scipy and Pillow.
 """
@@ -28,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import metrics
+from ._atomic import atomic_path, atomic_savefig, atomic_write
 from .exceptions import InvalidImageError
 
 __all__ = [
@@ -311,7 +315,7 @@ def write_metrics(report, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "metrics.json")
     md_path = os.path.join(out_dir, "metrics.md")
-    with open(json_path, "w", encoding="utf-8") as f:
+    with atomic_write(json_path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
     lines = ["# skpadim evaluation", ""]
@@ -325,7 +329,7 @@ def write_metrics(report, out_dir):
         metrics_markdown(report),
         "",
     ]
-    with open(md_path, "w", encoding="utf-8") as f:
+    with atomic_write(md_path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     return [json_path, md_path]
 
@@ -420,7 +424,7 @@ def plot_curves(sets, out_dir, max_fpr=0.3):
         _decorate(ax, title, "false positive rate", "true positive rate", (0, 1))
     roc.tight_layout()
     roc_path = os.path.join(out_dir, "roc.png")
-    roc.savefig(roc_path, dpi=100)
+    atomic_savefig(roc, roc_path, dpi=100)
 
     pro = Figure(figsize=(5.2, 4.6))
     FigureCanvasAgg(pro)
@@ -434,7 +438,7 @@ def plot_curves(sets, out_dir, max_fpr=0.3):
               "per-region overlap", (0, max_fpr))
     pro.tight_layout()
     pro_path = os.path.join(out_dir, "pro.png")
-    pro.savefig(pro_path, dpi=100)
+    atomic_savefig(pro, pro_path, dpi=100)
     return [roc_path, pro_path]
 
 
@@ -686,7 +690,8 @@ def save_overlay(path, image, anomaly_map, mask=None, *, vmin, vmax, min_size=25
         info.add_text(str(key), str(value))
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(overlay).save(path, format="PNG", pnginfo=info)
+    with atomic_path(path) as tmp:
+        Image.fromarray(overlay).save(tmp, format="PNG", pnginfo=info)
     return path
 
 

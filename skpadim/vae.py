@@ -32,8 +32,9 @@ from . import preprocessing
 from ._compat import Interval, _fit_context
 from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
 from ._torch import ImageModuleMixin, resolve_device, seeded
+from ._versioning import VersionedStateMixin
 from .backbones import build_trunk
-from .exceptions import InvalidImageError
+from .exceptions import ConfigurationError, InvalidImageError
 
 __all__ = [
     "ConvVAE",
@@ -365,7 +366,7 @@ def train_vae(module, images, *, crop, random_crop, rotation, n_epochs, n_per_ep
     return curve
 
 
-class VAE(ImageModuleMixin, AnomalyMapMixin, BaseEstimator):
+class VAE(VersionedStateMixin, ImageModuleMixin, AnomalyMapMixin, BaseEstimator):
     """Variational-autoencoder anomaly detection, the PaDiM paper's VAE baseline.
 
     ``fit`` trains a :class:`~skpadim.vae.ConvVAE` (ResNet18 encoder, 8x8 convolutional latent for
@@ -605,6 +606,13 @@ class VAE(ImageModuleMixin, AnomalyMapMixin, BaseEstimator):
             kl_weight=self.kl_weight, generator=generator, device=resolve_device(self.device),
             verbose=self.verbose,
         )
+        if not np.isfinite(self.loss_curve_).all():
+            epoch = int(np.flatnonzero(~np.isfinite(self.loss_curve_))[0]) + 1
+            raise ConfigurationError(
+                f"VAE training diverged: the loss became {self.loss_curve_[epoch - 1]} in "
+                f"epoch {epoch}; lower learning_rate (now {self.learning_rate}) or kl_weight "
+                f"(now {self.kl_weight})"
+            )
         self.module_ = module.eval().requires_grad_(False)
         self.n_iter_ = len(self.loss_curve_)
         self.n_samples_fit_ = len(images)

@@ -90,10 +90,10 @@ def _assert_png(path, size=None):
 
 
 def test_fit_score_evaluate_on_folder_layout(trees, tmp_path):
-    import joblib
+    from skpadim import load
 
     root = trees["folder"]
-    model = tmp_path / "models" / "parts.joblib"
+    model = tmp_path / "models" / "parts.safetensors"
     proc = skpadim("fit", root, "--model", model, "--backbone", "efficientnet_lite0",
                    "--resize", 64, "--crop", "none", "--batch-size", 4)
     _check_ok(proc)
@@ -117,7 +117,7 @@ def test_fit_score_evaluate_on_folder_layout(trees, tmp_path):
         _assert_png(row["overlay"], size=(256, 256))  # 64 px upscaled to >= 256
 
     # The CLI's scores and predictions are the fitted pipeline's own.
-    pipeline = joblib.load(model)
+    pipeline = load(model)
     paths = [r["path"] for r in rows]
     np.testing.assert_allclose(-pipeline.score_samples(paths), anomaly, rtol=1e-5)
     np.testing.assert_array_equal(pipeline.predict(paths), [int(r["prediction"]) for r in rows])
@@ -143,7 +143,7 @@ def test_fit_score_evaluate_on_folder_layout(trees, tmp_path):
 
 def test_fit_and_evaluate_on_mvtec_layout_with_its_geometry(trees, tmp_path):
     root = trees["mvtec_root"]
-    model = tmp_path / "bottle.joblib"
+    model = tmp_path / "bottle.safetensors"
     proc = skpadim("fit", root / "bottle", "--model", model, "--backbone",
                    "efficientnet_lite0", "--weights", "none", "--n-features", 40)
     _check_ok(proc)
@@ -189,18 +189,18 @@ def test_corrupt_image_is_a_data_error_naming_the_file(trees, tmp_path):
     root = shutil.copytree(trees["folder"], tmp_path / "parts")
     broken = root / "good" / "003.png"
     broken.write_bytes(PNG_SIGNATURE + b"not really an image")
-    proc = skpadim("fit", root, "--model", tmp_path / "m.joblib", "--backbone",
+    proc = skpadim("fit", root, "--model", tmp_path / "m.safetensors", "--backbone",
                    "efficientnet_lite0", "--weights", "none", "--resize", 64, "--crop",
                    "none", "--quiet")
     assert proc.returncode == EXIT_DATA
     assert "003.png" in proc.stderr and "skpadim fit: error:" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "m.joblib").exists()
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_missing_data_folder_is_a_data_error(tmp_path):
     missing = tmp_path / "no_such_data"
-    proc = skpadim("fit", missing, "--model", tmp_path / "m.joblib")
+    proc = skpadim("fit", missing, "--model", tmp_path / "m.safetensors")
     assert proc.returncode == EXIT_DATA
     assert str(missing) in proc.stderr and "not found" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -210,16 +210,16 @@ def test_missing_or_corrupt_weights_file_is_a_backbone_error(trees, tmp_path, ca
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a torch file")
     for weights in (tmp_path / "missing.pth", corrupt):
-        code = main(["fit", str(trees["folder"]), "--model", str(tmp_path / "m.joblib"),
+        code = main(["fit", str(trees["folder"]), "--model", str(tmp_path / "m.safetensors"),
                      "--backbone", "resnet18", "--weights", str(weights), "--quiet"])
         err = capsys.readouterr().err
         assert code == EXIT_BACKBONE, err
         assert str(weights) in err and "Traceback" not in err
-    assert not (tmp_path / "m.joblib").exists()
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_unreadable_model_file_is_a_model_error(trees, tmp_path):
-    bogus = tmp_path / "model.joblib"
+    bogus = tmp_path / "model.safetensors"
     bogus.write_text("this is not a model")
     proc = skpadim("score", bogus, trees["folder"] / "good", "--out", tmp_path / "out")
     assert proc.returncode == EXIT_MODEL_FILE
@@ -237,8 +237,9 @@ def test_help_shows_an_example_and_the_exit_codes(command, capsys):
 
 def test_usage_errors_exit_2(capsys, tmp_path):
     assert main([]) == EXIT_USAGE
-    assert main(["fit", str(tmp_path), "--model", "m.joblib", "--n-features", "0"]) == EXIT_USAGE
-    assert main(["evaluate", "m.joblib", str(tmp_path), "--out", "o", "--max-fpr", "2"]) == 2
+    assert main(["fit", str(tmp_path), "--model", "m.safetensors", "--n-features",
+                 "0"]) == EXIT_USAGE
+    assert main(["evaluate", "m.safetensors", str(tmp_path), "--out", "o", "--max-fpr", "2"]) == 2
     err = capsys.readouterr().err
     assert "a command is required" in err and "--n-features" in err and "--max-fpr" in err
 
@@ -248,7 +249,7 @@ FAST_FIT = ["--backbone", "efficientnet_lite0", "--weights", "none", "--n-featur
 
 
 def test_option_and_output_errors_have_their_exit_codes(trees, tmp_path, capsys):
-    data, model = str(trees["folder"]), str(tmp_path / "m.joblib")
+    data, model = str(trees["folder"]), str(tmp_path / "m.safetensors")
 
     def run(*argv):
         code = main([str(a) for a in argv])
@@ -268,18 +269,16 @@ def test_option_and_output_errors_have_their_exit_codes(trees, tmp_path, capsys)
 
 def test_fit_accepts_the_current_folder(trees, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(trees["mvtec_root"] / "bottle")
-    assert main(["fit", ".", "--model", str(tmp_path / "m.joblib"), *FAST_FIT]) == EXIT_OK
+    assert main(["fit", ".", "--model", str(tmp_path / "m.safetensors"), *FAST_FIT]) == EXIT_OK
 
 
 def test_score_refuses_a_model_it_cannot_threshold(trees, tmp_path, capsys):
-    import joblib
-
-    from skpadim import make_spade
+    from skpadim import make_spade, save
 
     spade = make_spade("efficientnet_lite0", weights=None, resize=64, crop=None,
                        n_neighbors=2).fit(sorted(map(str, (trees["folder"] / "good").iterdir())))
-    joblib.dump(spade, tmp_path / "spade.joblib")
-    code = main(["score", str(tmp_path / "spade.joblib"), str(trees["folder"] / "good"),
+    save(spade, tmp_path / "spade.safetensors")
+    code = main(["score", str(tmp_path / "spade.safetensors"), str(trees["folder"] / "good"),
                  "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err
     assert code == EXIT_MODEL_FILE and "SPADE" in err and "not a fitted PaDiM pipeline" in err
