@@ -5,7 +5,7 @@ For every data set and method this prints one row of a Markdown table:
 - image AUROC, pixel AUROC and PRO (up to FPR 0.3), from :mod:`skpadim.metrics`, with the
   ground-truth masks brought through each method's own resize and crop;
 - fit time, and inference time per test image (anomaly map and image score together);
-- size of the fitted model as ``joblib.dump`` writes it: the whole pipeline (backbone
+- size of the fitted model as :func:`skpadim.save` writes it: the whole pipeline (backbone
   included), and the detector alone (PaDiM's Gaussians, SPADE's stored features; the VAE is
   all detector).
 
@@ -31,11 +31,11 @@ import tempfile
 import time
 import warnings
 
-import joblib
 import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
+import skpadim
 from skpadim import make_padim, scoring
 from skpadim.exceptions import SkpadimWarning
 from skpadim.metrics import image_auroc, pixel_auroc, pro_score
@@ -147,8 +147,8 @@ def predict(model, X, batch_size):
 
 def model_megabytes(model):
     with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.joblib")
-        joblib.dump(model, path)
+        path = os.path.join(folder, "model.safetensors")
+        skpadim.save(model, path)
         return os.path.getsize(path) / 1e6
 
 

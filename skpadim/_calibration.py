@@ -41,35 +41,57 @@ class SystematicSample:
         self.stride = 1
         self.n_seen = 0
         self.indices = []
-        self._items = []
+        # One contiguous buffer, grown by doubling up to ``capacity`` and compacted in
+        # place: thousands of separately allocated samples would fragment the heap.
+        self._buffer = None
 
     def add(self, batch):
         """Offer the samples of ``batch`` (first axis); keeps copies of the chosen ones."""
         for i in range(len(batch)):
             index = self.n_seen + i
-            if index % self.stride == 0:
-                # A copy, not a view: a view would keep the whole batch alive.
-                self._items.append(np.array(batch[i]))
-                self.indices.append(index)
-                if self.capacity is not None and len(self._items) > self.capacity:
-                    self.stride *= 2
-                    keep = [k for k, j in enumerate(self.indices) if j % self.stride == 0]
-                    self._items = [self._items[k] for k in keep]
-                    self.indices = [self.indices[k] for k in keep]
+            if index % self.stride:
+                continue
+            if self.capacity is not None and len(self.indices) == self.capacity:
+                self._compact()
+                if index % self.stride:
+                    continue
+            self._reserve(batch[i])
+            self._buffer[len(self.indices)] = batch[i]
+            self.indices.append(index)
         self.n_seen += len(batch)
 
+    def _compact(self):
+        """Double the stride and keep the samples on it, moved to the front."""
+        self.stride *= 2
+        keep = [k for k, j in enumerate(self.indices) if j % self.stride == 0]
+        for new, old in enumerate(keep):  # new <= old: copying front to back is safe
+            self._buffer[new] = self._buffer[old]
+        self.indices = [self.indices[k] for k in keep]
+
+    def _reserve(self, sample):
+        n = len(self.indices)
+        if self._buffer is not None and n < len(self._buffer):
+            return
+        size = max(4, 2 * n)
+        if self.capacity is not None:
+            size = min(size, self.capacity)
+        grown = np.empty((size, *np.shape(sample)), dtype=np.asarray(sample).dtype)
+        if n:
+            grown[:n] = self._buffer[:n]
+        self._buffer = grown
+
     def __len__(self):
-        return len(self._items)
+        return len(self.indices)
 
     @property
     def nbytes(self):
-        return sum(item.nbytes for item in self._items)
+        return 0 if self._buffer is None else self._buffer[: len(self)].nbytes
 
     def array(self):
-        """The held samples stacked along a new first axis."""
-        return np.stack(self._items)
+        """The held samples stacked along a new first axis (a copy)."""
+        return self._buffer[: len(self)].copy()
 
     def chunks(self, size):
-        """The held samples, ``size`` at a time, stacked: no second copy of them all."""
-        for start in range(0, len(self._items), size):
-            yield np.stack(self._items[start : start + size])
+        """The held samples, ``size`` at a time (views: no second copy of them all)."""
+        for start in range(0, len(self), size):
+            yield self._buffer[start : min(start + size, len(self))]

@@ -120,8 +120,10 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         Input normalisation; None uses the backbone's (ImageNet's, or Lite0's own).
     upsample : {"nearest", "bilinear", "bicubic"}, default="nearest"
         How coarser layers are upsampled to the first layer's grid.
-    batch_size : int, default=32
-        Images per forward pass.
+    batch_size : int or "auto", default="auto"
+        Images per forward pass. "auto": 8 on the CPU, where small batches run faster
+        (they stay in cache) and need a quarter of the activation memory of 32; 32 on a
+        GPU. Results do not depend on it.
     device : str, default="auto"
         "auto" uses CUDA when available, else the CPU; or any torch device string.
     verbose : bool, default=False
@@ -167,7 +169,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         "mean": [None, tuple, list],
         "std": [None, tuple, list],
         "upsample": [StrOptions(set(_UPSAMPLE))],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "verbose": ["boolean"],
         "random_state": ["random_state"],
@@ -184,7 +186,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         mean=None,
         std=None,
         upsample="nearest",
-        batch_size=32,
+        batch_size="auto",
         device="auto",
         verbose=False,
         random_state=None,
@@ -254,9 +256,14 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         )
         return self
 
-    def _batches(self, X):
+    def _batch_size(self, device):
+        if self.batch_size != "auto":
+            return self.batch_size
+        return 8 if device.type == "cpu" else 32
+
+    def _batches(self, X, batch_size):
         return preprocessing.as_image_batches(
-            X, self.batch_size, self.resize, self.crop, self.interpolation
+            X, batch_size, self.resize, self.crop, self.interpolation
         )
 
     def transform(self, X):
@@ -279,14 +286,15 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         check_is_fitted(self)
         device = resolve_device(self.device)
         module = self._inference_module(device)
+        batch_size = self._batch_size(device)
         n = preprocessing.n_images(X)
         out = None
         # One forward pass needs no progress bar; longer work shows one.
         with torch.inference_mode(), tqdm(
-            total=n, disable=not self.verbose or n <= self.batch_size, desc="features",
+            total=n, disable=not self.verbose or n <= batch_size, desc="features",
             unit="img", leave=False,
         ) as bar:
-            for batch in self._batches(X):
+            for batch in self._batches(X, batch_size):
                 self._check_size(batch)
                 fmap = concat_layers(module(batch.to(device)), self.upsample, channels)
                 fmap = fmap.cpu().numpy()

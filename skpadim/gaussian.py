@@ -175,7 +175,7 @@ class PatchMoments(NamedTuple):
     def n_features(self):
         return self.shift.shape[1]
 
-    def update(self, X, chunk_bytes=1 << 25):
+    def update(self, X, chunk_bytes=1 << 23):
         """Add a batch ``X`` of shape (n_positions, batch, n_features); returns new moments.
 
         The sums are updated in place, a block of positions at a time, so the temporaries

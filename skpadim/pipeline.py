@@ -387,9 +387,12 @@ def make_padim(
         map upsampling, ``reg_covar=0.01001`` (anomalib adds 0.01 and then 1e-5 to the
         diagonal) and its blur's border, torch's "reflect" (scipy's "mirror"). Pass
         anomalib's channel indices as ``feature_indices`` to get its maps exactly.
-    layers, weights, batch_size, verbose
-        Passed to :class:`BackboneFeatures`; ``batch_size`` is also the number of images
-        the pipeline moves at a time.
+    layers, weights, verbose
+        Passed to :class:`BackboneFeatures`.
+    batch_size : int, default=32
+        Images the pipeline moves through its steps at a time, and the Gaussians' batch.
+        The backbone's own forward batch is :class:`BackboneFeatures`' "auto" (8 images
+        on the CPU, 32 on a GPU; ``backbonefeatures__batch_size`` sets it).
     resize, crop : int, (int, int), None or "auto", default="auto"
         Passed to :class:`BackboneFeatures` (paper: 256 and 224; anomalib: None and None).
     interpolation : {"bicubic", "bilinear", "nearest", "auto"}, default="auto"
@@ -439,7 +442,7 @@ def make_padim(
     features = BackboneFeatures(
         backbone=backbone, layers=layers, weights=weights, resize=settings["resize"],
         crop=settings["crop"], interpolation=settings["interpolation"],
-        batch_size=batch_size, device=device, verbose=verbose, random_state=random_state,
+        device=device, verbose=verbose, random_state=random_state,
     )
     crop, resize = settings["crop"], settings["resize"]
     map_size = crop if crop is not None else resize

@@ -542,10 +542,10 @@ def heat_range(model, low=0.5):
 
 
 def _as_rgb(image):
-    """uint8 (H, W[, 3]) or float (3, H, W) / (H, W, 3) in [0, 1] -> float (H, W, 3)."""
+    """uint8 / uint16 (H, W[, 3]) or float (3, H, W) / (H, W, 3) in [0, 1] -> float (H, W, 3)."""
     image = np.asarray(image)
-    if image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255
+    if image.dtype in (np.uint8, np.uint16):
+        image = image.astype(np.float32) / np.iinfo(image.dtype).max
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
         image = image.transpose(1, 2, 0)

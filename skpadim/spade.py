@@ -811,9 +811,12 @@ def make_spade(
         Layers to tap, the image-level layer last; None for :data:`~skpadim.spade.SPADE_LAYERS` (ResNets:
         layer1-3 for pixels and layer4 for images, as in the paper; Lite0: stages 2, 3, 5
         and the head).
-    weights, resize, crop, interpolation, batch_size, device, verbose, random_state
+    weights, resize, crop, interpolation, device, verbose, random_state
         Passed to :class:`~skpadim.BackboneFeatures` (``interpolation`` and ``device`` to
         :class:`~skpadim.SPADE` too).
+    batch_size : int, default=32
+        Images the pipeline moves through its steps at a time (the backbone's forward
+        batch is :class:`~skpadim.BackboneFeatures`' "auto").
     n_neighbors, kappa, calibration, contamination, sigma, mode, storage_dtype, chunk_size
         Passed to :class:`~skpadim.SPADE`.
 
@@ -842,7 +845,7 @@ def make_spade(
     channels, strides = _probe_layers(backbone, layers)
     features = BackboneFeatures(
         backbone=backbone, layers=layers, weights=weights, resize=resize, crop=crop,
-        interpolation=interpolation, upsample="nearest", batch_size=batch_size,
+        interpolation=interpolation, upsample="nearest",
         device=device, verbose=verbose, random_state=random_state,
     )
     return _make_streaming_pipeline(

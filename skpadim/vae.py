@@ -390,6 +390,13 @@ class VAE(VersionedStateMixin, ImageModuleMixin, AnomalyMapMixin, BaseEstimator)
     they have the scale the network was trained on. On a CPU the paper's budget takes days;
     small images, fewer epochs or fewer augmented images are the CPU-sized settings.
 
+    **Memory.** Training draws augmentations from every training image in every epoch, so
+    ``fit`` holds the training set, resized, as uint8: ``3 * resize**2`` bytes per image
+    (256 KB at the paper's 292 px, 25 MB per 100 images). ``score_samples``,
+    ``decision_function`` and ``predict`` work ``batch_size`` images at a time;
+    ``anomaly_maps`` returns every map, and :func:`skpadim.iter_inspect_images` yields maps
+    and scores batch by batch.
+
     Parameters
     ----------
     latent_channels : int, default=32

@@ -129,4 +129,4 @@ plt.show()
 # towards a scaled Euclidean one, does no harm. With a handful of anomalous images per
 # fold, prefer settings that do well over a region of the grid to a single best cell.
 # The search's ``best_estimator_`` is a fitted pipeline, ready for
-# :func:`~skpadim.anomaly_maps` or ``joblib.dump``.
+# :func:`~skpadim.anomaly_maps` or :func:`skpadim.save`.
