@@ -351,6 +351,7 @@ def make_padim(
     map_interpolation="auto",
     feature_indices=None,
     reg_covar="auto",
+    covariance="empirical",
     contamination=0.01,
     calibration_size="auto",
     sigma=4.0,
@@ -404,6 +405,10 @@ def make_padim(
         Exact channels to keep, in this order (for instance an anomalib model's ``idx``).
     reg_covar : float or "auto", default="auto"
         Added to every covariance's diagonal (paper: 0.01; anomalib: 0.01001).
+    covariance : {"empirical", "oas", "ledoit-wolf"}, default="empirical"
+        Per-position covariance estimate, passed to :class:`PatchGaussian`: the paper's
+        sample covariance, or a shrinkage estimate (OAS, Ledoit-Wolf) whose intensity is
+        estimated from the data; ``reg_covar`` is added on top.
     mode : {"reflect", "mirror", "nearest", "constant", "wrap", "auto"}, default="auto"
         Border of the maps' Gaussian filter, in **scipy.ndimage's** names: "reflect" repeats
         the edge pixel (d c b a | a b c d; the paper), "mirror" does not (d c b | a b c d;
@@ -451,7 +456,8 @@ def make_padim(
         RandomFeatureSelector(n_features=n_features, feature_indices=feature_indices,
                               random_state=random_state),
         PatchGaussian(
-            reg_covar=settings["reg_covar"], contamination=contamination,
+            reg_covar=settings["reg_covar"], covariance=covariance,
+            contamination=contamination,
             calibration_size=calibration_size, batch_size=batch_size, map_size=map_size,
             interpolation=settings["map_interpolation"], sigma=sigma, mode=settings["mode"],
             storage_dtype=storage_dtype, device=device,
