@@ -11,6 +11,7 @@ pipeline or detector; :mod:`skpadim.metrics` scores them (image/pixel AUROC, PRO
 """
 
 from .decomposition import PatchPCA
+from .export import export_onnx
 from .features import BackboneFeatures
 from .gaussian import PatchGaussian
 from .model_selection import NormalOnlyKFold
@@ -46,6 +47,7 @@ __all__ = [
     "load",
     "anomaly_maps",
     "fit_in_batches",
+    "export_onnx",
     "inspect_images",
     "iter_inspect_images",
     "StreamingPipeline",

@@ -9,6 +9,8 @@ Commands
 ``skpadim evaluate FILE DATA --out DIR``
     Image AUROC, pixel AUROC and PRO on a data set's test images, overall and per defect
     type: ``metrics.json``, ``metrics.md``, ``roc.png``, ``pro.png``, overlays.
+``skpadim export FILE --format onnx --out FILE``
+    Write a fitted PaDiM or VAE model as one ONNX graph (:func:`skpadim.export.export_onnx`).
 ``skpadim demo``
     The whole path on a built-in demo set, offline.
 
@@ -225,6 +227,7 @@ def build_parser():
                                  "file's code; only for files you trust")
     _add_score(commands, [common, network, model_file])
     _add_evaluate(commands, [common, network, data, model_file])
+    _add_export(commands, [common, model_file])
     _add_demo(commands, [common, network])
     return parser
 
@@ -338,6 +341,33 @@ def _add_evaluate(commands, parents):
                    help="overlays of the N highest-scoring images per defect type and of "
                         "normal images; 0 for none (default: 2)")
     p.set_defaults(run=_cmd_evaluate)
+
+
+def _add_export(commands, parents):
+    p = commands.add_parser(
+        "export", parents=parents, formatter_class=_formatter,
+        help="write a fitted model as an ONNX graph (onnxruntime, C++, C#, ...)",
+        description=_wrap("Write a fitted PaDiM pipeline or VAE as one ONNX graph: input "
+                    "'images', uint8 (n, H, W, 3) RGB at the model's input size (its resize; "
+                    "the graph crops but does not resize); outputs 'anomaly_maps' float32 "
+                    "(n, h, w), 'scores' float32 (n,) and 'labels' int64 (n,), +1 normal / "
+                    "-1 anomalous. The threshold and the contract are in the file's "
+                    "metadata. Needs the onnx extra: pip install 'skpadim[onnx]'."),
+        epilog="examples:\n"
+               "  skpadim export bottle.safetensors --format onnx --out bottle.onnx\n"
+               "  skpadim export wr50.safetensors --format onnx --out wr50.onnx "
+               "--storage-dtype float16\n\n" + _EXIT_CODES,
+    )
+    p.add_argument("model", metavar="MODEL", help="a model file written by skpadim fit or "
+                                                  "skpadim.save")
+    p.add_argument("--format", choices=("onnx",), default="onnx",
+                   help="output format (default: onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--opset", type=int, choices=range(17, 24), default=18, metavar="N",
+                   help="ONNX opset, 17 to 23 (default: 18)")
+    p.add_argument("--storage-dtype", choices=("float32", "float16"),
+                   help="precision of PaDiM's factors in the file (default: the model's)")
+    p.set_defaults(run=_cmd_export)
 
 
 def _add_demo(commands, parents):
@@ -507,12 +537,9 @@ def _read_masks(refs, images, resize, crop):
 
 
 # ---------------------------------------------------------------------------- models
-def _load_model(path, device, allow_pickle=False):
-    """Read a PaDiM model file, put it on ``device`` and check that it scores."""
-    from sklearn.pipeline import Pipeline
-
+def _read_model_file(path, allow_pickle=False):
+    """Any skpadim model file; a pickle only with ``allow_pickle`` (it would run code)."""
     from .exceptions import ModelFileError
-    from .gaussian import PatchGaussian
     from .persistence import file_format, load
 
     if not os.path.isfile(path):
@@ -528,10 +555,18 @@ def _load_model(path, device, allow_pickle=False):
             "you trust, pass --allow-pickle",
         )
     try:
-        model = load(path, allow_pickle=allow_pickle)
+        return load(path, allow_pickle=allow_pickle)
     except ModelFileError as exc:
         raise _Failure(EXIT_MODEL_FILE, str(exc)) from None
 
+
+def _load_model(path, device, allow_pickle=False):
+    """Read a PaDiM model file, put it on ``device`` and check that it scores."""
+    from sklearn.pipeline import Pipeline
+
+    from .gaussian import PatchGaussian
+
+    model = _read_model_file(path, allow_pickle)
     features = model[0] if isinstance(model, Pipeline) else None
     if (features is None or not hasattr(features, "module_") or len(model) < 2
             or not isinstance(model[-1], PatchGaussian) or not hasattr(model[-1], "offset_")):
@@ -844,6 +879,26 @@ def _write_evaluation_csv(path, scored, paths, model):
             writer.writerow([p, defect, int(label), f"{score:.6g}", f"{prediction:+d}"])
 
 
+def _cmd_export(args, log):
+    from .exceptions import ConfigurationError, ModelFileError
+
+    model = _read_model_file(args.model, args.allow_pickle)
+    try:
+        from .export import export_onnx
+
+        _check_model_path(args.out)
+        log.info(f"exporting {_describe(model)} to {args.format}")
+        written = export_onnx(model, args.out, opset=args.opset,
+                              storage_dtype=args.storage_dtype)
+    except (ModelFileError, ConfigurationError) as exc:  # not a model export can take
+        raise _Failure(EXIT_MODEL_FILE, str(exc)) from None
+    except ImportError as exc:  # the onnx extra is missing
+        raise _Failure(EXIT_BACKBONE, str(exc)) from None
+    sizes = ", ".join(f"{p} ({os.path.getsize(p) / 2**20:.1f} MiB)" for p in written)
+    print(f"exported to {sizes}")
+    return EXIT_OK
+
+
 def _cmd_demo(args, log):
     from .demo import run_demo
     from .report import metrics_markdown
@@ -900,7 +955,7 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print("skpadim: error: a command is required (fit, score, evaluate, demo)",
+        print("skpadim: error: a command is required (fit, score, evaluate, export, demo)",
               file=sys.stderr)
         return EXIT_USAGE
 

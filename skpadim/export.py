@@ -1,0 +1,612 @@
+"""Fitted models as ONNX graphs: the same maps, scores and labels outside Python.
+
+:func:`export_onnx` writes one ONNX graph that does everything a fitted PaDiM pipeline
+(:func:`~skpadim.make_padim`, or a scikit-learn ``Pipeline`` of
+:class:`~skpadim.BackboneFeatures`, :class:`~skpadim.RandomFeatureSelector` and
+:class:`~skpadim.PatchGaussian`) or :class:`~skpadim.VAE` does to an image, from uint8
+pixels to the verdict; :class:`OnnxModel` runs such a file with onnxruntime from Python.
+
+**The graph's contract** (for C++, C#, Java, JavaScript users of onnxruntime):
+
+- input ``images``: uint8, ``(n, H, W, 3)``, RGB, channels last, as cameras and image
+  readers give them; ``n`` is dynamic. ``(H, W)`` is the model's input size: its
+  ``resize`` (the training images' size when ``resize`` is None and there is no crop).
+  **The graph does not resize**: torch's antialiased bicubic resampling has no faithful
+  ONNX equivalent, so resize images to ``(H, W)`` first, as the training images were
+  (PIL's ``Image.resize((W, H), Image.BICUBIC)`` is close). When ``resize`` is None and
+  ``crop`` is set, ``H`` and ``W`` are dynamic too (at least the crop).
+- inside: ``/ 255``, the center crop, the backbone's normalisation and layers (batch
+  norms folded), the selected channels, Mahalanobis distances with the stored Cholesky
+  factors of the precisions (no inverse), upsampling and Gaussian blur as one matrix per
+  axis, image score = maximum of the map;
+- outputs: ``anomaly_maps``, float32 ``(n, h, w)`` at the crop size (the map size), higher
+  = more anomalous; ``scores``, float32 ``(n,)``, the maximum of each map (skpadim's
+  anomaly score, ``-score_samples``); ``labels``, int64 ``(n,)``, +1 normal (``scores <=
+  threshold``), -1 anomalous;
+- ``metadata_props``: ``threshold`` (float32, as text), ``skpadim_version``, ``model``,
+  ``input_size``, ``map_size``, ``input``, ``preprocessing``, ``outputs`` and
+  ``factors_dtype``.
+
+The optional ``onnx`` extra (``pip install "skpadim[onnx]"``: onnx, onnxruntime,
+onnxscript) is needed here and only here; ``import skpadim`` does not import it.
+"""
+
+import copy
+import os
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import scoring
+from ._atomic import atomic_path
+from .exceptions import ConfigurationError, InvalidImageError
+from .pipeline import Inspection
+
+__all__ = ["export_onnx", "OnnxModel"]
+
+#: Size above which "auto" writes the tensors to a separate file: protobuf, ONNX's file
+#: format, cannot hold a message of 2 GiB or more.
+PROTOBUF_LIMIT = 2**31 - 1
+
+_INSTALL = 'pip install "skpadim[onnx]"'
+_OPSETS = (17, 18, 19, 20, 21, 22, 23)
+
+
+def _require(*names):
+    """Import the onnx extra's packages, or say how to install them."""
+    import importlib
+
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError as exc:
+            raise ImportError(
+                f"exporting to or running ONNX needs the package {name!r} ({exc}); install "
+                f"the onnx extra: {_INSTALL}"
+            ) from exc
+    return modules
+
+
+# ---------------------------------------------------------------------------- graph parts
+class _Preprocess(nn.Module):
+    """uint8 ``(n, H, W, 3)`` -> float32 ``(n, 3, h, w)`` in [0, 1], center-cropped."""
+
+    def __init__(self, crop):
+        super().__init__()
+        self.crop = crop
+
+    def forward(self, images):
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        if self.crop is not None:
+            (ch, cw), (h, w) = self.crop, x.shape[-2:]
+            # narrow keeps the output's size static even when the input's is dynamic.
+            x = x.narrow(2, (h - ch) // 2, ch).narrow(3, (w - cw) // 2, cw)
+        return x
+
+
+class _Head(nn.Module):
+    """Patch distances ``(n, h, w)`` -> maps ``(n, H, W)``, scores ``(n,)``, labels ``(n,)``.
+
+    ``rows`` and ``cols`` are :func:`skpadim.scoring.anomaly_maps`' fused operators:
+    upsampling and Gaussian filter along each axis, as one matrix.
+    """
+
+    def __init__(self, rows, cols, threshold):
+        super().__init__()
+        self.register_buffer("rows", rows)
+        self.register_buffer("cols_t", cols.T.contiguous())
+        # float32, as skpadim compares: -score - offset_ >= 0 in float32.
+        self.register_buffer("threshold", torch.tensor(threshold, dtype=torch.float32))
+
+    def forward(self, distances):
+        maps = torch.matmul(torch.matmul(self.rows, distances), self.cols_t)
+        scores = maps.flatten(1).amax(dim=1)
+        one = torch.ones_like(scores, dtype=torch.int64)
+        labels = torch.where(scores <= self.threshold, one, -one)
+        return maps, scores, labels
+
+
+class _PadimGraph(nn.Module):
+    def __init__(self, preprocess, trunk, upsample, pieces, order, grid, mean, chol, head):
+        super().__init__()
+        self.preprocess, self.trunk, self.head = preprocess, trunk, head
+        self.upsample, self.grid = upsample, grid
+        # Per tapped layer: None (no channel kept), "all", or the local channels kept.
+        self.pieces = []
+        for k, local in enumerate(pieces):
+            if local is None or isinstance(local, str):
+                self.pieces.append(local)
+            else:
+                self.register_buffer(f"channels{k}", torch.as_tensor(local))
+                self.pieces.append(f"channels{k}")
+        self.register_buffer("order", None if order is None else torch.as_tensor(order))
+        self.register_buffer("mean", mean[:, None, :])  # (P, 1, d)
+        self.register_buffer("chol", chol)  # (P, d, d), float16 or float32
+
+    def _embedding(self, outputs):
+        """:func:`skpadim.features.concat_layers` of the kept channels, export-friendly."""
+        h, w = self.grid
+        parts = []
+        for fmap, piece in zip(outputs, self.pieces):
+            if piece is None:
+                continue
+            if piece != "all":
+                fmap = fmap.index_select(1, getattr(self, piece))
+            if tuple(fmap.shape[-2:]) != (h, w):
+                kwargs = {} if self.upsample == "nearest" else {"align_corners": False}
+                fmap = F.interpolate(fmap, size=(h, w), mode=self.upsample, **kwargs)
+            parts.append(fmap)
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return x if self.order is None else x.index_select(1, self.order)
+
+    def forward(self, images):
+        x = self._embedding(self.trunk(self.preprocess(images)))
+        n, d = x.shape[0], x.shape[1]
+        centred = x.reshape(n, d, -1).permute(2, 0, 1) - self.mean  # (P, n, d)
+        y = torch.matmul(centred, self.chol.to(torch.float32))
+        distances = y.square().sum(dim=-1).sqrt()  # (P, n)
+        return self.head(distances.T.reshape(n, *self.grid))
+
+
+class _VaeGraph(nn.Module):
+    def __init__(self, preprocess, module, head):
+        super().__init__()
+        self.preprocess, self.module, self.head = preprocess, module, head
+
+    def forward(self, images):
+        x = self.preprocess(images)
+        reconstruction = self.module(x)[0]  # decoded from the mean code
+        return self.head(torch.linalg.vector_norm(x - reconstruction, dim=1))
+
+
+# ---------------------------------------------------------------------------- from models
+def _pair(size):
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)):
+        return (int(size), int(size))
+    return tuple(int(s) for s in size)
+
+
+def _head(detector, grid, threshold):
+    size = detector._map_size(grid)
+    args = (detector.interpolation, float(detector.sigma), float(detector.truncate),
+            detector.mode)
+    rows = scoring._axis_operator(grid[0], size[0], *args).clone()
+    cols = scoring._axis_operator(grid[1], size[1], *args).clone()
+    return _Head(rows, cols, threshold), size
+
+
+def _threshold(detector):
+    try:
+        offset = detector.offset_
+    except AttributeError:
+        raise ConfigurationError(
+            f"the {type(detector).__name__} has no threshold (offset_): fit the model before "
+            "exporting it"
+        ) from None
+    return float(np.float32(-offset))
+
+
+def _input_size(resize, crop, known):
+    """The graph's input ``(H, W)``, or None when any size of at least the crop works."""
+    resize, crop = _pair(resize), _pair(crop)
+    if resize is not None:
+        return resize
+    if crop is not None:
+        return None
+    if known is None:
+        raise ConfigurationError(
+            "the model has neither resize nor crop and no recorded input size "
+            "(input_size_); fit it on images, or set resize, before exporting"
+        )
+    return tuple(int(s) for s in known)
+
+
+def _padim_steps(model):
+    from sklearn.pipeline import Pipeline
+
+    from .features import BackboneFeatures
+    from .gaussian import PatchGaussian
+    from .selection import RandomFeatureSelector
+
+    steps = ([s for _, s in model.steps if s not in (None, "passthrough")]
+             if isinstance(model, Pipeline) else [model])
+    kinds = [type(s).__name__ for s in steps]
+    ok = (len(steps) in (2, 3) and isinstance(steps[0], BackboneFeatures)
+          and isinstance(steps[-1], PatchGaussian)
+          and (len(steps) == 2 or isinstance(steps[1], RandomFeatureSelector)))
+    if not ok:
+        raise ConfigurationError(
+            f"cannot export a {' -> '.join(kinds)} to ONNX; export_onnx takes a fitted PaDiM "
+            "pipeline (BackboneFeatures -> RandomFeatureSelector -> PatchGaussian, as "
+            "make_padim builds it) or a fitted VAE"
+        )
+    features, detector = steps[0], steps[-1]
+    if not hasattr(features, "module_") or not hasattr(detector, "n_samples_seen_"):
+        raise ConfigurationError("the pipeline is not fitted; fit it before exporting it")
+    channels = steps[1].feature_indices_ if len(steps) == 3 else None
+    return features, channels, detector
+
+
+def _channel_pieces(layer_channels, channels):
+    """What to take from each layer, and the permutation back to ``channels``' order."""
+    if channels is None:
+        return ["all"] * len(layer_channels), None
+    channels = np.asarray(channels, dtype=np.int64)
+    bounds = np.cumsum([0] + list(layer_channels))
+    layer_of = np.searchsorted(bounds, channels, side="right") - 1
+    pieces, where = [], []
+    for k, c in enumerate(layer_channels):
+        idx = np.flatnonzero(layer_of == k)
+        local = channels[idx] - bounds[k]
+        where.append(idx)
+        pieces.append(None if idx.size == 0 else
+                      "all" if np.array_equal(local, np.arange(c)) else local)
+    order = np.argsort(np.concatenate(where), kind="stable")
+    return pieces, None if np.array_equal(order, np.arange(order.size)) else order
+
+
+def _padim_graph(model, storage_dtype):
+    features, channels, detector = _padim_steps(model)
+    storage = storage_dtype or detector.storage_dtype
+    crop = _pair(features.crop)
+    trunk = copy.deepcopy(features.module_).cpu().eval()
+    from .backbones import fold_batch_norm
+
+    trunk = fold_batch_norm(trunk)
+    pieces, order = _channel_pieces(features.layer_channels_, channels)
+    grid = tuple(int(g) for g in detector.grid_shape_)
+    chol = torch.from_numpy(detector.precisions_cholesky_)
+    chol = chol.to(torch.float16 if storage == "float16" else torch.float32)
+    if storage == "float16" and not torch.isfinite(chol).all():
+        raise ConfigurationError(
+            "the precision factors overflow float16; export with storage_dtype='float32'"
+        )
+    head, map_size = _head(detector, grid, _threshold(detector))
+    graph = _PadimGraph(_Preprocess(crop), trunk, features.upsample, pieces, order, grid,
+                        torch.from_numpy(detector.mean_).float(), chol, head).eval()
+    input_size = _input_size(features.resize, features.crop,
+                             features.__dict__.get("input_size_"))
+    info = dict(model="PaDiM", backbone=features.backbone, factors_dtype=storage,
+                resize=features.resize, crop=crop, interpolation=features.interpolation)
+    return graph, input_size, crop, map_size, info
+
+
+def _vae_graph(model, storage_dtype):
+    if not hasattr(model, "module_"):
+        raise ConfigurationError("the VAE is not fitted; fit it before exporting it")
+    crop = tuple(int(s) for s in model.image_size_)
+    module = copy.deepcopy(model.module_).cpu().eval()
+    head, map_size = _head(model, crop, _threshold(model))
+    graph = _VaeGraph(_Preprocess(crop), module, head).eval()
+    input_size = _input_size(model.resize, crop, None)
+    info = dict(model="VAE", backbone="resnet18 encoder", factors_dtype="none",
+                resize=model.resize, crop=crop, interpolation=model.interpolation)
+    return graph, input_size, crop, map_size, info
+
+
+def _refuse_spade(model):
+    size = int(getattr(model, "memory_bytes_", 0))
+    fits = ("within" if size < PROTOBUF_LIMIT else "beyond")
+    raise ConfigurationError(
+        f"SPADE is not exported to ONNX: its model is its gallery of training features "
+        f"({size:,} bytes, {fits} the 2 GiB protobuf limit of an ONNX file, and growing with "
+        "every training image), which a graph would hold as constants and search "
+        "exhaustively for every patch. Score SPADE from Python, or export a PaDiM model "
+        "(make_padim), whose size does not depend on the number of training images"
+    )
+
+
+def _graph(model, storage_dtype):
+    from sklearn.pipeline import Pipeline
+
+    from .spade import SPADE
+    from .vae import VAE
+
+    final = model[-1] if isinstance(model, Pipeline) else model
+    if isinstance(final, SPADE):
+        _refuse_spade(final)
+    if isinstance(final, VAE):
+        if isinstance(model, Pipeline) and len(model) > 1:
+            raise ConfigurationError(
+                "a VAE is exported on its own, not inside a pipeline; pass the VAE itself"
+            )
+        return _vae_graph(final, storage_dtype)
+    return _padim_graph(model, storage_dtype)
+
+
+# ---------------------------------------------------------------------------- export
+def _metadata(info, input_size, crop, map_size, threshold):
+    from . import __version__
+
+    size = ("x".join(map(str, input_size)) if input_size is not None
+            else f"any, at least {crop[0]}x{crop[1]}")
+    resize = info["resize"]
+    steps = ["uint8 / 255"]
+    if crop is not None:
+        steps.append(f"center crop to {crop[0]}x{crop[1]}")
+    steps += ["backbone normalisation and layers (batch norms folded)"
+              if info["model"] == "PaDiM" else "VAE reconstruction from the mean code"]
+    not_done = (f"not in the graph: the resize to {resize} ({info['interpolation']}, "
+                "antialiased); give images at the input size" if resize is not None
+                else "no resize")
+    return {
+        "model": f"skpadim {info['model']} ({info['backbone']})",
+        "skpadim_version": __version__,
+        "threshold": repr(threshold),
+        "input_size": size,
+        "map_size": "x".join(map(str, map_size)),
+        "input": "images: uint8 (n, H, W, 3), RGB, channels last; n dynamic",
+        "preprocessing": "; ".join(steps) + "; " + not_done,
+        "outputs": ("anomaly_maps: float32 (n, h, w), higher = more anomalous; scores: "
+                    "float32 (n,), max of each map; labels: int64 (n,), +1 normal "
+                    "(scores <= threshold), -1 anomalous"),
+        "factors_dtype": info["factors_dtype"],
+    }
+
+
+def _torch_export(graph, input_size, crop, opset):
+    batch = torch.export.Dim("batch", min=1)
+    if input_size is None:
+        h, w = crop
+        example = torch.zeros(2, h + 2, w + 2, 3, dtype=torch.uint8)
+        dims = {0: batch, 1: torch.export.Dim("height", min=h),
+                2: torch.export.Dim("width", min=w)}
+    else:
+        example = torch.zeros(2, *input_size, 3, dtype=torch.uint8)
+        dims = {0: batch}
+    # dynamo=True: the torch.export-based exporter, torch's default since 2.9. The
+    # TorchScript exporter (dynamo=False) is deprecated, and it constant-folds the float16
+    # factors' Cast into float32 initializers, which doubles the file of a float16 model.
+    program = torch.onnx.export(
+        graph, (example,), dynamo=True, opset_version=opset, input_names=["images"],
+        output_names=["anomaly_maps", "scores", "labels"], dynamic_shapes={"images": dims},
+        verbose=False, optimize=True,
+    )
+    return program.model_proto
+
+
+def _tensor_bytes(proto):
+    total = 0
+    for t in proto.graph.initializer:
+        total += len(t.raw_data) if t.raw_data else 8 * int(np.prod(t.dims, dtype=np.int64))
+    return total
+
+
+def _save(proto, path, external):
+    """Write ``proto`` to ``path`` atomically, tensors in ``path + '.data'`` if ``external``."""
+    import onnx
+
+    path = os.fspath(path)
+    if not external:
+        with atomic_path(path) as tmp:
+            onnx.save_model(proto, tmp)
+        return [path]
+    folder = os.path.dirname(os.path.abspath(path))
+    data_name = os.path.basename(path) + ".data"
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".skpadim-onnx-") as work:
+        staged = os.path.join(work, os.path.basename(path))
+        onnx.save_model(proto, staged, save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        # The data first, the graph last: the new graph never points at old data.
+        for name in (data_name, os.path.basename(path)):
+            with atomic_path(os.path.join(folder, name)) as tmp:
+                os.replace(os.path.join(work, name), tmp)
+    return [path, os.path.join(folder, data_name)]
+
+
+def export_onnx(model, path, *, opset=18, storage_dtype=None, external_data="auto"):
+    """Write a fitted PaDiM pipeline or VAE as one ONNX graph: uint8 images in, maps,
+    scores and labels out.
+
+    The graph computes what :func:`skpadim.inspect_images` computes (see the module
+    docstring for the contract): input ``images``, uint8 ``(n, H, W, 3)`` at the model's
+    input size (the graph crops; it does **not** resize); outputs ``anomaly_maps``
+    float32 ``(n, h, w)``, ``scores`` float32 ``(n,)`` and ``labels`` int64 ``(n,)``
+    (+1 normal, -1 anomalous). The threshold and a description of the contract are in
+    the file's ``metadata_props``. Export uses torch's ``torch.export``-based exporter
+    (``dynamo=True``) with a dynamic batch dimension.
+
+    Parameters
+    ----------
+    model : Pipeline or VAE
+        A fitted PaDiM pipeline (:func:`~skpadim.make_padim`, or a ``Pipeline`` of
+        ``BackboneFeatures``, ``RandomFeatureSelector`` and ``PatchGaussian``), or a
+        fitted :class:`~skpadim.VAE`. SPADE is refused (its model is its gallery of
+        training features).
+    path : str or path-like
+        The ``.onnx`` file to write; written atomically (a temporary file, then a rename).
+    opset : int, default=18
+        ONNX opset of the graph (17 to 23).
+    storage_dtype : {"float32", "float16"} or None, default=None
+        Precision of PaDiM's Cholesky factors in the file (cast to float32 in the graph);
+        None keeps the model's ``PatchGaussian.storage_dtype``. float16 halves the file.
+        The factors are kept as full ``d x d`` matrices (zeros below the diagonal), so
+        that the graph multiplies them directly: the file holds about twice the factor
+        bytes of a :func:`skpadim.save` file.
+    external_data : bool or "auto", default="auto"
+        Write the tensors to ``path + ".data"`` beside the graph (ONNX external data):
+        needed for models of 2 GiB or more (WR50-Rd550 at 224 px in float32), which
+        protobuf cannot hold in one file; "auto" does so only for those.
+
+    Returns
+    -------
+    paths : list of str
+        The files written: ``path``, and the external data file if any.
+
+    Raises
+    ------
+    ImportError
+        If onnx, onnxruntime or onnxscript is missing (``pip install "skpadim[onnx]"``).
+    ConfigurationError
+        If the model is not a fitted PaDiM pipeline or VAE (SPADE: with the reason).
+
+    See Also
+    --------
+    OnnxModel : Run the exported file with onnxruntime.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from skpadim import inspect_images, make_padim
+    >>> from skpadim.export import OnnxModel, export_onnx
+    >>> images = np.random.RandomState(0).randint(0, 256, (6, 40, 40, 3), dtype=np.uint8)
+    >>> pipe = make_padim("resnet18", n_features=10, weights=None, resize=40, crop=32,
+    ...                   random_state=0).fit(images)
+    >>> path = os.path.join(tempfile.mkdtemp(), "padim.onnx")
+    >>> export_onnx(pipe, path) == [path]
+    True
+    >>> onnx_model = OnnxModel(path)
+    >>> onnx_model.input_size, onnx_model.metadata["map_size"]
+    ((40, 40), '32x32')
+    >>> result = onnx_model.inspect(images[:3])
+    >>> expected = inspect_images(pipe, images[:3])
+    >>> bool(np.allclose(result.maps, expected.maps, rtol=1e-4, atol=1e-4 * expected.maps.max()))
+    True
+    >>> result.labels.tolist() == expected.labels.tolist()
+    True
+    """
+    _require("onnx", "onnxscript")
+    if opset not in _OPSETS:
+        raise ConfigurationError(f"opset must be one of {_OPSETS}, got {opset!r}")
+    if storage_dtype not in (None, "float32", "float16"):
+        raise ConfigurationError(
+            f"storage_dtype must be None, 'float32' or 'float16', got {storage_dtype!r}"
+        )
+    if external_data not in (True, False, "auto"):
+        raise ConfigurationError(
+            f"external_data must be True, False or 'auto', got {external_data!r}"
+        )
+    graph, input_size, crop, map_size, info = _graph(model, storage_dtype)
+    threshold = float(graph.head.threshold)
+    with torch.inference_mode(False), torch.no_grad():
+        proto = _torch_export(graph, input_size, crop, opset)
+    proto.doc_string = ("skpadim anomaly detector: images (uint8 n,H,W,3) -> anomaly_maps, "
+                        "scores, labels; see metadata_props")
+    del proto.metadata_props[:]
+    for key, value in _metadata(info, input_size, crop, map_size, threshold).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    if external_data == "auto":
+        external_data = _tensor_bytes(proto) >= PROTOBUF_LIMIT
+    return _save(proto, path, bool(external_data))
+
+
+# ---------------------------------------------------------------------------- running
+class OnnxModel:
+    """An exported skpadim model run with onnxruntime: maps, scores and labels.
+
+    A thin wrapper around ``onnxruntime.InferenceSession`` that feeds ``images`` in
+    batches and returns what :func:`skpadim.inspect_images` returns. It needs only numpy
+    and onnxruntime at run time (skpadim's torch models are not used).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file written by :func:`export_onnx`.
+    intra_op_num_threads : int or None, default=None
+        Threads onnxruntime uses per operator; None lets it choose (all cores).
+    providers : list of str or None, default=None
+        onnxruntime execution providers, e.g. ``["CUDAExecutionProvider",
+        "CPUExecutionProvider"]``; None: the CPU.
+
+    Attributes
+    ----------
+    session : onnxruntime.InferenceSession
+        The session.
+    metadata : dict of str to str
+        The file's ``metadata_props`` (threshold, input size, preprocessing, ...).
+    threshold : float
+        Images with ``scores <= threshold`` are normal (label +1).
+    input_size : tuple of int or None
+        ``(H, W)`` the graph takes; None when any size of at least the crop works.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from skpadim import VAE
+    >>> from skpadim.export import OnnxModel, export_onnx
+    >>> images = np.random.RandomState(0).randint(0, 256, (6, 36, 36, 3), dtype=np.uint8)
+    >>> vae = VAE(resize=36, random_crop=34, crop=32, n_epochs=1, n_augmented=6,
+    ...           batch_size=6, random_state=0).fit(images)
+    >>> path = export_onnx(vae, os.path.join(tempfile.mkdtemp(), "vae.onnx"))[0]
+    >>> model = OnnxModel(path, intra_op_num_threads=1)
+    >>> result = model.inspect(images[:2])
+    >>> result.maps.shape, result.anomaly_scores.dtype, result.labels.dtype
+    ((2, 32, 32), dtype('float32'), dtype('int64'))
+    >>> model.predict(images[:2]).tolist() == vae.predict(images[:2]).tolist()
+    True
+    """
+
+    def __init__(self, path, *, intra_op_num_threads=None, providers=None):
+        (ort,) = _require("onnxruntime")
+        options = ort.SessionOptions()
+        if intra_op_num_threads is not None:
+            options.intra_op_num_threads = int(intra_op_num_threads)
+        self.session = ort.InferenceSession(
+            os.fspath(path), options, providers=providers or ["CPUExecutionProvider"]
+        )
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.threshold = float(self.metadata.get("threshold", "nan"))
+        shape = self.session.get_inputs()[0].shape
+        fixed = all(isinstance(s, int) for s in shape[1:3])
+        self.input_size = tuple(shape[1:3]) if fixed else None
+
+    def _check(self, images):
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise InvalidImageError(
+                f"the ONNX model takes uint8 images of shape (n, H, W, 3), got "
+                f"{images.dtype} {images.shape}; one image is image[None]"
+            )
+        if self.input_size is not None and tuple(images.shape[1:3]) != self.input_size:
+            raise InvalidImageError(
+                f"images are {tuple(images.shape[1:3])}, but the model takes "
+                f"{self.input_size}; resize them first, as the training images were "
+                f"({self.metadata.get('preprocessing', '')})"
+            )
+        return np.ascontiguousarray(images)
+
+    def inspect(self, images, batch_size=32):
+        """Anomaly maps, image anomaly scores and labels of ``images``.
+
+        Parameters
+        ----------
+        images : ndarray of shape (n, H, W, 3), dtype uint8
+            RGB images at the model's input size.
+        batch_size : int, default=32
+            Images per run of the graph.
+
+        Returns
+        -------
+        inspection : Inspection
+            ``maps`` (n, h, w) float32, ``anomaly_scores`` (n,) float32, higher = more
+            anomalous, ``labels`` (n,) int64, +1 normal / -1 anomalous.
+        """
+        images = self._check(images)
+        parts = [self.session.run(None, {"images": images[start : start + batch_size]})
+                 for start in range(0, len(images), batch_size)]
+        return Inspection(*(np.concatenate(field) for field in zip(*parts)))
+
+    def predict(self, images, batch_size=32):
+        """+1 for normal images, -1 for anomalies (``inspect(images).labels``).
+
+        Parameters
+        ----------
+        images : ndarray of shape (n, H, W, 3), dtype uint8
+            RGB images at the model's input size.
+        batch_size : int, default=32
+            Images per run of the graph.
+
+        Returns
+        -------
+        labels : ndarray of shape (n,), dtype int64
+        """
+        return self.inspect(images, batch_size).labels
