@@ -10,7 +10,7 @@ Commands
     Image AUROC, pixel AUROC and PRO on a data set's test images, overall and per defect
     type: ``metrics.json``, ``metrics.md``, ``roc.png``, ``pro.png``, overlays.
 ``skpadim export FILE --format onnx --out FILE``
-    Write a fitted PaDiM or VAE model as one ONNX graph (:func:`skpadim.export.export_onnx`).
+    Write a fitted PaDiM or VAE model as one ONNX graph (:func:`skpadim.export_onnx`).
 ``skpadim demo``
     The whole path on a built-in demo set, offline.
 

@@ -1,10 +1,10 @@
 """Fitted models as ONNX graphs: the same maps, scores and labels outside Python.
 
-:func:`export_onnx` writes one ONNX graph that does everything a fitted PaDiM pipeline
+:func:`~skpadim.export_onnx` writes one ONNX graph that does everything a fitted PaDiM pipeline
 (:func:`~skpadim.make_padim`, or a scikit-learn ``Pipeline`` of
 :class:`~skpadim.BackboneFeatures`, :class:`~skpadim.RandomFeatureSelector` and
 :class:`~skpadim.PatchGaussian`) or :class:`~skpadim.VAE` does to an image, from uint8
-pixels to the verdict; :class:`OnnxModel` runs such a file with onnxruntime from Python.
+pixels to the verdict; :class:`~skpadim.export.OnnxModel` runs such a file with onnxruntime from Python.
 
 **The graph's contract** (for C++, C#, Java, JavaScript users of onnxruntime):
 
@@ -448,7 +448,7 @@ def export_onnx(model, path, *, opset=18, storage_dtype=None, external_data="aut
 
     See Also
     --------
-    OnnxModel : Run the exported file with onnxruntime.
+    skpadim.export.OnnxModel : Run the exported file with onnxruntime.
 
     Examples
     --------
@@ -509,7 +509,7 @@ class OnnxModel:
     Parameters
     ----------
     path : str or path-like
-        A file written by :func:`export_onnx`.
+        A file written by :func:`~skpadim.export_onnx`.
     intra_op_num_threads : int or None, default=None
         Threads onnxruntime uses per operator; None lets it choose (all cores).
     providers : list of str or None, default=None

@@ -26,7 +26,7 @@ from ._calibration import SystematicSample
 from ._torch import from_numpy, resolve_device
 from ._validation import validate_feature_maps
 from ._versioning import VersionedStateMixin
-from .exceptions import ConfigurationError, InvalidImageError
+from .exceptions import InvalidImageError
 from .shrinkage import covariance_traces, ledoit_wolf_shrinkage, oas_shrinkage, shrunk_covariance
 
 __all__ = [
@@ -479,7 +479,7 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
     ``map_size``, Gaussian-filtered, and the image score is the maximum of the map.
 
     Fitting streams over ``batch_size`` samples at a time and accumulates float64 sums
-    (:class:`PatchMoments`), so memory does not grow with the number of training images, and
+    (:class:`~skpadim.gaussian.PatchMoments`), so memory does not grow with the number of training images, and
     :meth:`partial_fit` continues a fit with more images, giving the same model as one
     ``fit`` on all of them. The factors are computed once, when the fit ends or, after
     ``partial_fit``, when the model is first used.
@@ -726,7 +726,9 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
 
     @classmethod
     def from_moments(cls, moments, grid_shape=None, calibration_samples=None, **params):
-        """A fitted model from accumulated (for instance merged) :class:`PatchMoments`.
+        """A fitted model from accumulated (for instance merged) moments.
+
+        See :class:`~skpadim.gaussian.PatchMoments`.
 
         Parameters
         ----------
@@ -884,14 +886,9 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         trace, trace_sq = covariance_traces(cov)
         if self.covariance == "oas":
             rho = oas_shrinkage(n, trace, trace_sq, d)
-        elif self.covariance == "ledoit-wolf":
+        else:  # "ledoit-wolf" (fit and from_moments validate the parameter)
             rho = ledoit_wolf_shrinkage(n, trace, trace_sq,
                                         moments.centred_fourth_moment(positions), d)
-        else:  # from_moments builds the estimator without fit's parameter validation
-            raise ConfigurationError(
-                f"unknown covariance={self.covariance!r}; choose 'empirical', 'oas' or "
-                "'ledoit-wolf'"
-            )
         return shrunk_covariance(cov, rho), rho
 
     def _moments_from_fitted(self):

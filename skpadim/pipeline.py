@@ -1,10 +1,10 @@
 """PaDiM as a pipeline: the paper's configurations, streaming fit and scoring, anomaly maps.
 
-:func:`make_padim` returns a :class:`StreamingPipeline`: a scikit-learn ``Pipeline`` whose
+:func:`~skpadim.make_padim` returns a :class:`~skpadim.StreamingPipeline`: a scikit-learn ``Pipeline`` whose
 ``fit`` and scoring methods move ``batch_size`` images at a time through every step, so
 memory does not grow with the number of images and each image goes through the backbone
-once. :func:`inspect_images` returns maps, scores and labels of the same images from one
-pass; :func:`iter_inspect_images` yields them batch by batch, for test sets of any size.
+once. :func:`~skpadim.inspect_images` returns maps, scores and labels of the same images from
+one pass; :func:`~skpadim.iter_inspect_images` yields them batch by batch, for test sets of any size.
 """
 
 from numbers import Integral

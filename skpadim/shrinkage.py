@@ -98,7 +98,7 @@ def oas_shrinkage(n_samples, trace, trace_sq, n_features):
 def ledoit_wolf_shrinkage(n_samples, trace, trace_sq, fourth_moment, n_features):
     """Ledoit-Wolf shrinkage intensity (Ledoit and Wolf 2004), per position.
 
-    As :func:`sklearn.covariance.ledoit_wolf_shrinkage` computes it, written with the
+    As ``sklearn.covariance.ledoit_wolf_shrinkage`` computes it, written with the
     centred samples ``z_i = x_i - mean``:
 
     .. math:: \\beta = \\frac{1}{n d}\\left(\\frac{1}{n}\\sum_i \\lVert z_i\\rVert^4
