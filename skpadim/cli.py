@@ -5,7 +5,9 @@ Commands
 ``skpadim fit DATA --model FILE``
     Fit PaDiM on the normal training images of a data set and save it (:func:`skpadim.save`).
 ``skpadim score FILE IMAGES... --out DIR``
-    Score images: a CSV of scores and predictions, and an overlay PNG per image.
+    Score images, and folders of them at any depth: a CSV of scores and predictions keyed
+    by each image's path relative to the folder given, and an overlay PNG per image in a
+    tree that mirrors the folders.
 ``skpadim evaluate FILE DATA --out DIR``
     Image AUROC, pixel AUROC and PRO on a data set's test images, overall and per defect
     type: ``metrics.json``, ``metrics.md``, ``roc.png``, ``pro.png``, overlays.
@@ -43,7 +45,8 @@ import sys
 import textwrap
 import traceback
 
-import numpy as np
+# Only light modules at the top: numpy, torch and the estimators are imported inside the
+# commands, so that --help and --version answer at once.
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -77,7 +80,7 @@ exit status:
   130  interrupted (Ctrl-C)
 """
 
-_FORMATS = ("auto", "mvtec", "stc", "folder")
+_FORMATS = ("auto", "mvtec", "stc", "folder", "anomalib-folder")
 
 
 class _Failure(Exception):
@@ -216,9 +219,25 @@ def build_parser():
     data.add_argument("--format", choices=_FORMATS, default="auto",
                       help="data set layout (default: auto, detected from the folders)")
     data.add_argument("--category",
-                      help="MVTec AD category, when DATA is the MVTec AD root folder")
+                      help="MVTec AD layout: the category folder's name (any name), when "
+                           "DATA is the folder above it")
     data.add_argument("--frame-step", type=_positive_int, default=1,
                       help="STC: keep every N-th video frame (default: 1)")
+    folders = data.add_argument_group(
+        "anomalib-folder layout (folders relative to DATA; any of these implies "
+        "--format anomalib-folder)")
+    folders.add_argument("--normal-dir", metavar="DIR",
+                         help="normal training images (default: DATA itself)")
+    folders.add_argument("--abnormal-dir", action="append", metavar="DIR",
+                         help="anomalous test images of one defect type, named after the "
+                              "folder; repeat for several")
+    folders.add_argument("--normal-test-dir", metavar="DIR", help="normal test images")
+    folders.add_argument("--mask-dir", action="append", metavar="DIR",
+                         help="masks of the images of the --abnormal-dir at the same "
+                              "position; repeat as often")
+    folders.add_argument("--mask-suffix", action="append", metavar="SUFFIX",
+                         help="mask of a.png: a<SUFFIX>.png; repeat for several "
+                              "(default: '' and _mask)")
 
     _add_fit(commands, [common, network, data])
     model_file = argparse.ArgumentParser(add_help=False)
@@ -234,11 +253,15 @@ def build_parser():
 
 _DATA_HELP = """\
 DATA layouts (--format; auto-detected by default):
-  mvtec   an MVTec AD category folder (train/good, test/<defect>, ground_truth/<defect>),
-          or the MVTec AD root with --category NAME
+  mvtec   a category folder in MVTec AD's layout, any name (train/good, test/<defect>,
+          ground_truth/<defect>/<stem>_mask.png), or the folder above it with --category
   stc     ShanghaiTech Campus root (training/frames/<video>, testing/...)
   folder  your own images: good/ (training), test/good/, test/<defect>/, and optional
           masks/<defect>/<stem>.png or <stem>_mask.png
+  anomalib-folder
+          your own images in folders you name, as anomalib's Folder data set:
+          --normal-dir, --abnormal-dir, --normal-test-dir, --mask-dir; a folder of
+          image files alone is read as normal training images
 """
 
 
@@ -256,7 +279,10 @@ def _add_fit(commands, parents):
                "--backbone wide_resnet50_2\n"
                "  skpadim fit my_parts/ --format folder --model parts.safetensors "
                "--backbone efficientnet_lite0 --resize 224 --crop none\n"
-               "  skpadim fit stc_root/ --frame-step 10 --model stc.safetensors\n\n"
+               "  skpadim fit stc_root/ --frame-step 10 --model stc.safetensors\n"
+               "  skpadim fit my_tiles/ --model tiles.safetensors    # a folder of normal "
+               "images\n"
+               "  skpadim fit my_data/ --normal-dir good --model data.safetensors\n\n"
                + _DATA_HELP + "\n" + _EXIT_CODES,
     )
     p.add_argument("data", metavar="DATA", help="the data set folder")
@@ -293,13 +319,17 @@ def _add_score(commands, parents):
     p = commands.add_parser(
         "score", parents=parents, formatter_class=_formatter,
         help="score images with a fitted model: CSV and overlays",
-        description=_wrap("Score images with a fitted model. Writes DIR/scores.csv (path, anomaly "
+        description=_wrap("Score images with a fitted model; folders are searched at any "
+                    "depth. Writes DIR/scores.csv (path relative to the folder given, anomaly "
                     "score, normality score = -anomaly score, prediction +1 normal / -1 "
-                    "anomalous) and DIR/overlays/<name>.png: the anomaly map painted over "
+                    "anomalous, mask, overlay, file as found) and "
+                    "DIR/overlays/<path>.png, mirroring the folder tree: the anomaly map "
+                    "painted over "
                     "the image as the network saw it (after resize and crop), from yellow "
                     "(half the model's threshold) to red (the threshold), with the ground "
                     "truth outlined in cyan when a mask is given."),
         epilog="examples:\n"
+               "  skpadim score bottle.safetensors mvtec_ad/bottle/test --out scores/\n"
                "  skpadim score bottle.safetensors mvtec_ad/bottle/test/broken_large "
                "--out scores/\n"
                "  skpadim score bottle.safetensors img1.png img2.png --out scores/ \\\n"
@@ -307,7 +337,9 @@ def _add_score(commands, parents):
     )
     p.add_argument("model", metavar="MODEL", help="a model file written by skpadim fit")
     p.add_argument("images", metavar="IMAGES", nargs="+",
-                   help="image files, or folders whose image files are all scored")
+                   help="image files, or folders whose image files are all scored, in "
+                        "sub-folders too; several folders: paths relative to the folder "
+                        "that holds them all")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--masks", nargs="+", metavar="MASK",
                    help="mask files or folders; a mask belongs to the image whose name it "
@@ -330,7 +362,11 @@ def _add_evaluate(commands, parents):
         epilog="examples:\n"
                "  skpadim evaluate bottle.safetensors mvtec_ad/bottle --out report/\n"
                "  skpadim evaluate screw.safetensors mvtec_ad --category screw --out report/ "
-               "--max-fpr 0.05\n\n" + _DATA_HELP + "\n" + _EXIT_CODES,
+               "--max-fpr 0.05\n"
+               "  skpadim evaluate data.safetensors my_data/ --normal-dir good "
+               "--normal-test-dir ok \\\n"
+               "      --abnormal-dir crack --mask-dir masks/crack --out report/\n\n"
+               + _DATA_HELP + "\n" + _EXIT_CODES,
     )
     p.add_argument("model", metavar="MODEL", help="a model file written by skpadim fit")
     p.add_argument("data", metavar="DATA", help="the data set folder")
@@ -370,21 +406,42 @@ def _add_export(commands, parents):
     p.set_defaults(run=_cmd_export)
 
 
+class _DemoFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills in the demo set's sizes when the help is shown, not when the parser is built:
+    they live in skpadim.demo, which imports torch."""
+
+    @staticmethod
+    def _sizes(text):
+        if "{demo_sizes}" not in text and "{quick_sizes}" not in text:
+            return text
+        from .demo import DEMO_CONFIG, QUICK_CONFIG
+
+        def sizes(c):
+            return f"{c['n_train']} training / {c['n_test']} test images of {c['size']} px"
+
+        return text.replace("{demo_sizes}", sizes(DEMO_CONFIG)).replace(
+            "{quick_sizes}", sizes(QUICK_CONFIG))
+
+    def _fill_text(self, text, width, indent):
+        if "{demo_sizes}" in text:  # the description: wrapped once the sizes are in
+            return textwrap.indent(_wrap(self._sizes(text)), indent)
+        return super()._fill_text(text, width, indent)
+
+    def _expand_help(self, action):
+        return self._sizes(super()._expand_help(action))
+
+
 def _add_demo(commands, parents):
-    from .demo import DEMO_CONFIG, QUICK_CONFIG
-
-    def sizes(c):
-        return f"{c['n_train']} training / {c['n_test']} test images of {c['size']} px"
-
     p = commands.add_parser(
-        "demo", parents=parents, formatter_class=_formatter,
+        "demo", parents=parents,
+        formatter_class=lambda prog: _DemoFormatter(prog, max_help_position=32),
         help="fit and evaluate PaDiM on a built-in texture set (offline)",
-        description=_wrap("Run PaDiM on the built-in demo set: scikit-image's brick, grass and "
-                    "gravel photos with drawn scratches, stains, holes and cracks "
-                    f"({sizes(DEMO_CONFIG)} per texture), EfficientNet-Lite0 backbone. "
-                    "Fits one model per texture, evaluates it, prints the metrics and "
-                    "writes a report folder (metrics.json, metrics.md, roc.png, pro.png, "
-                    "overlays/). Needs the demo extra: pip install 'skpadim[demo]'."),
+        description=("Run PaDiM on the built-in demo set: scikit-image's brick, grass and "
+                     "gravel photos with drawn scratches, stains, holes and cracks "
+                     "({demo_sizes} per texture), EfficientNet-Lite0 backbone. "
+                     "Fits one model per texture, evaluates it, prints the metrics and "
+                     "writes a report folder (metrics.json, metrics.md, roc.png, pro.png, "
+                     "overlays/). Needs the demo extra: pip install 'skpadim[demo]'."),
         epilog="examples:\n"
                "  skpadim demo --out /tmp/demo-report --quick\n"
                "  skpadim demo\n\n" + _EXIT_CODES,
@@ -392,16 +449,31 @@ def _add_demo(commands, parents):
     p.add_argument("--out", default="skpadim-demo-report", metavar="DIR",
                    help="report folder (default: ./skpadim-demo-report)")
     p.add_argument("--quick", action="store_true",
-                   help=f"a tiny version ({sizes(QUICK_CONFIG)}) that runs in seconds")
+                   help="a tiny version ({quick_sizes}) that runs in seconds")
     p.set_defaults(run=_cmd_demo)
 
 
 # ---------------------------------------------------------------------------- data
-def _open_data(path, fmt="auto", category=None, frame_step=1):
-    """Load a data set folder; return the Bunch, a short name and a description."""
-    from .datasets import MVTEC_CATEGORIES, load_folder, load_mvtec, load_stc
+_FOLDER_OPTIONS = {"normal_dir": "--normal-dir", "abnormal_dir": "--abnormal-dir",
+                   "normal_test_dir": "--normal-test-dir", "mask_dir": "--mask-dir",
+                   "mask_suffix": "--mask-suffix"}
+
+
+def _folder_options(args):
+    """The anomalib-folder options given, as keyword arguments of load_folder_layout."""
+    return {k: getattr(args, k) for k in _FOLDER_OPTIONS if getattr(args, k) is not None}
+
+
+def _open_data(path, fmt="auto", category=None, frame_step=1, folders=None):
+    """Load a data set folder; return the Bunch, a short name and a description.
+
+    ``folders`` holds the anomalib-folder options given (see :func:`_folder_options`).
+    """
+    from .datasets import load_folder, load_folder_layout, load_mvtec, load_stc
+    from .datasets._base import list_dirs, list_images
     from .exceptions import DatasetError
 
+    folders = dict(folders or {})
     path = os.path.abspath(os.fspath(path))  # "." and ".." name their folder too
     if not os.path.isdir(path):
         state = "is not a folder" if os.path.exists(path) else "not found"
@@ -411,24 +483,35 @@ def _open_data(path, fmt="auto", category=None, frame_step=1):
         return os.path.isdir(os.path.join(path, *parts))
 
     if fmt == "auto":
-        if category is not None or has("train", "good"):
+        if folders:
+            fmt = "anomalib-folder"
+        elif category is not None or has("train", "good"):
             fmt = "mvtec"
         elif has("training") and has("testing"):
             fmt = "stc"
         elif has("good"):
             fmt = "folder"
+        elif list_images(path):
+            fmt = "anomalib-folder"  # a flat folder of normal images
         else:
-            present = [c for c in MVTEC_CATEGORIES if has(c)]
-            hint = (f"; it holds MVTec AD categories ({', '.join(present)}): add "
-                    "--category NAME or pass a category folder" if present else "")
+            present = [d for d in list_dirs(path) if has(d, "train", "good")]
+            hint = (f"; its folders {', '.join(present)} are in MVTec AD's layout: add "
+                    "--category NAME or pass one of them" if present else "")
             raise DatasetError(
                 f"cannot tell the layout of data set folder {path!r}: it has no train/good "
-                f"(MVTec AD category), training/ and testing/ (STC) or good/ (folder "
-                f"layout){hint}; see --help for the layouts, or pass --format"
+                f"(MVTec AD layout), training/ and testing/ (STC), good/ (folder layout) or "
+                f"image files (a folder of normal images){hint}; see --help for the "
+                "layouts, pass --format, or name your folders with --normal-dir, "
+                "--abnormal-dir, --normal-test-dir and --mask-dir"
             )
         detected = "detected"
     else:
         detected = "format"
+    if folders and fmt != "anomalib-folder":
+        flags = ", ".join(_FOLDER_OPTIONS[k] for k in folders)
+        raise _Failure(EXIT_USAGE, f"{flags} name the folders of --format anomalib-folder, "
+                                   f"not of --format {fmt}; drop them, or pass "
+                                   "--format anomalib-folder")
 
     if fmt == "mvtec":
         if category is None:
@@ -438,16 +521,23 @@ def _open_data(path, fmt="auto", category=None, frame_step=1):
             root = path
         data = load_mvtec(root, category)
         name = category
-        kind = f"MVTec AD category {category!r}"
+        kind = (f"MVTec AD category {category!r}" if data.name == "mvtec_ad" else
+                f"MVTec AD layout, category {category!r}")
     elif fmt == "stc":
         data = load_stc(path, frame_step=frame_step)
         name = "shanghaitech_campus"
         kind = "ShanghaiTech Campus" + (f", every {frame_step}th frame" if frame_step > 1 else "")
+    elif fmt == "anomalib-folder":
+        folders.setdefault("normal_dir", ".")
+        data = load_folder_layout(path, **folders)
+        name = data.name
+        kind = ("folder of normal images" if len(folders) == 1 and folders["normal_dir"] == "."
+                else "anomalib folder layout")
     else:
         data = load_folder(path)
         name = data.name
         kind = "folder layout"
-    n_anomalous = int(np.sum(data.test_labels))
+    n_anomalous = int(sum(data.test_labels))
     masks = "no masks" if data.test_masks is None else "with masks"
     description = (
         f"{detected} {kind} at {path!r}: {len(data.train_images)} training images, "
@@ -461,27 +551,6 @@ def _geometry(value, data, key, default):
     if value == "auto":
         return data[key] if key in data else default
     return None if value == "none" else value
-
-
-def _list_images(targets):
-    """Image files named directly or found in folders (not recursively), in order."""
-    from .datasets._base import IMAGE_EXTENSIONS, list_images
-    from .exceptions import DatasetError
-
-    paths = []
-    for target in targets:
-        if os.path.isdir(target):
-            found = list_images(target)
-            if not found:
-                raise DatasetError(
-                    f"folder {target!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
-                )
-            paths += found
-        elif os.path.isfile(target):
-            paths.append(target)
-        else:
-            raise DatasetError(f"image file or folder not found: {target!r}")
-    return paths
 
 
 def _stem(path):
@@ -502,9 +571,10 @@ def _match_masks(images, targets):
     in the folder named like its image's folder. Images in a folder named ``good`` are
     normal in every layout skpadim reads, and get no mask.
     """
+    from .datasets import find_images
     from .exceptions import DatasetError
 
-    masks = _list_images(targets)
+    masks = find_images(targets)[0]
     mask_folders = {_folder_name(m) for m in masks}
     by_folder = any(_folder_name(image) in mask_folders for image in images)
     index = {}
@@ -527,6 +597,8 @@ def _match_masks(images, targets):
 
 def _read_masks(refs, images, resize, crop):
     """Masks at the maps' resolution; a None reference reads as an empty mask."""
+    import numpy as np
+
     from .datasets import read_masks
     from .preprocessing import transform_masks
 
@@ -592,6 +664,8 @@ def _check_scores(model, path):
     from .exceptions import SkpadimError
     from .persistence import _file_versions
     from .pipeline import anomaly_maps
+
+    import numpy as np
 
     size = getattr(model[0], "image_size_", None)
     if size is None:  # no fixed input size: nothing to probe with
@@ -712,26 +786,13 @@ def _seen_images(model, paths):
     return next(batches).numpy()
 
 
-def _unique_names(paths):
-    """A distinct overlay file name per image path: its stem, numbered on collisions."""
-    used, names = set(), []
-    for path in paths:
-        stem = name = _stem(path)
-        k = 1
-        while name in used:
-            k += 1
-            name = f"{stem}-{k}"
-        used.add(name)
-        names.append(name)
-    return names
-
-
 # ---------------------------------------------------------------------------- commands
 def _cmd_fit(args, log):
     from .exceptions import DatasetError
     from .pipeline import fit_in_batches, make_padim
 
-    data, _, description = _open_data(args.data, args.format, args.category, args.frame_step)
+    data, _, description = _open_data(args.data, args.format, args.category, args.frame_step,
+                                      _folder_options(args))
     log.info(description)
     if len(data.train_images) < 2:
         raise DatasetError(
@@ -767,11 +828,12 @@ def _cmd_fit(args, log):
 
 def _cmd_score(args, log):
     from ._atomic import atomic_write
+    from .datasets import find_images, output_names
     from .report import heat_range, save_overlay
 
     model = _load_model(args.model, args.device, args.allow_pickle)
     features, detector = model[0], model[-1]
-    paths = _list_images(args.images)
+    paths, keys = find_images(args.images)
     masks, unmatched = [None] * len(paths), []
     if args.masks:
         masks, unmatched = _match_masks(paths, args.masks)
@@ -779,7 +841,7 @@ def _cmd_score(args, log):
                  + (f"; {len(unmatched)} masks belong to no image given, e.g. "
                     f"{unmatched[0]!r}" if unmatched else ""))
     vmin, vmax = heat_range(model)
-    names = _unique_names(paths)
+    names = output_names(keys)
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "scores.csv")
     n_anomalous = 0
@@ -787,7 +849,7 @@ def _cmd_score(args, log):
     with atomic_write(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "anomaly_score", "normality_score", "prediction", "mask",
-                         "overlay"])
+                         "overlay", "file"])
         for start, result in _inspect_in_batches(model, paths, args.batch_size, log, "score"):
             maps, scores, predictions = result
             part = slice(start, start + len(maps))
@@ -800,7 +862,7 @@ def _cmd_score(args, log):
                       if any(r is not None for r in refs) else [None] * len(maps))
                 for i in range(len(maps)):
                     overlays[i] = save_overlay(
-                        os.path.join(args.out, "overlays", names[start + i] + ".png"),
+                        os.path.join(args.out, "overlays", *names[start + i].split("/")),
                         seen[i], maps[i], gt[i] if refs[i] is not None else None,
                         vmin=vmin, vmax=vmax,
                         text={"source": paths[start + i],
@@ -808,8 +870,9 @@ def _cmd_score(args, log):
                               "prediction": int(predictions[i])},
                     )
             for i in range(len(maps)):
-                writer.writerow([paths[start + i], f"{scores[i]:.6g}", f"{-scores[i]:.6g}",
-                                 f"{predictions[i]:+d}", masks[start + i] or "", overlays[i]])
+                writer.writerow([keys[start + i], f"{scores[i]:.6g}", f"{-scores[i]:.6g}",
+                                 f"{predictions[i]:+d}", masks[start + i] or "", overlays[i],
+                                 paths[start + i]])
     print(f"scored {len(paths)} images: {n_anomalous} predicted anomalous (anomaly score above "
           f"{-detector.offset_:.4g}); scores in {csv_path}"
           + ("" if args.no_overlays else
@@ -818,6 +881,8 @@ def _cmd_score(args, log):
 
 
 def _cmd_evaluate(args, log):
+    import numpy as np
+
     from .exceptions import DatasetError
     from .report import (ScoredSet, heat_range, metrics_markdown, save_overlay,
                          select_for_overlays, write_report)
@@ -825,11 +890,13 @@ def _cmd_evaluate(args, log):
     model = _load_model(args.model, args.device, args.allow_pickle)
     features = model[0]
     data, name, description = _open_data(args.data, args.format, args.category,
-                                         args.frame_step)
+                                         args.frame_step, _folder_options(args))
     log.info(description)
     paths = list(data.test_images)
     if not paths:
-        raise DatasetError(f"data set {args.data!r} has no test images to evaluate on")
+        raise DatasetError(f"data set {args.data!r} has no test images to evaluate on; in "
+                           "the anomalib-folder layout, name them with --normal-test-dir "
+                           "and --abnormal-dir")
     # Pixel metrics (PRO, pixel AUROC) need every map at once.
     parts = [result for _, result in _inspect_in_batches(model, paths, args.batch_size, log,
                                                          "evaluate")]

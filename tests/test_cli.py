@@ -118,7 +118,11 @@ def test_fit_score_evaluate_on_folder_layout(trees, tmp_path):
 
     # The CLI's scores and predictions are the fitted pipeline's own.
     pipeline = load(model)
-    paths = [r["path"] for r in rows]
+    assert [r["path"] for r in rows] == [f"{d}/{i:03d}.png" for d in ("spot", "good")
+                                         for i in range(3)]  # relative to test/, distinct
+    assert [os.path.relpath(r["overlay"], out / "overlays") for r in rows] == [
+        os.path.join(d, f"{i:03d}.png") for d in ("spot", "good") for i in range(3)]
+    paths = [r["file"] for r in rows]
     np.testing.assert_allclose(-pipeline.score_samples(paths), anomaly, rtol=1e-5)
     np.testing.assert_array_equal(pipeline.predict(paths), [int(r["prediction"]) for r in rows])
 

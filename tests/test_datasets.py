@@ -134,7 +134,7 @@ def _empty_train(root):
     "damage, subfolder, category, named, words",
     [
         (None, "absent", "bottle", "absent", "root folder not found"),
-        (None, "", "bottel", "bottel", "bottle, cable"),
+        (None, "", "bottel", "bottel", "categories present: bottle, carpet"),
         (None, "", "grid", "grid", "not found"),
         (_empty_train, "", "bottle", "bottle/train/good", "holds no image"),
         (lambda r: _remove(r / "bottle/ground_truth/crack/000_mask.png"), "", "bottle",

@@ -4,9 +4,12 @@ Loaders read published folder layouts without decoding any image: images come ba
 of paths, which skpadim's estimators accept, and ground-truth masks as references that
 :func:`read_masks` reads on demand.
 
-- :func:`load_mvtec`: MVTec AD.
+- :func:`load_mvtec`: MVTec AD, or your own images in its layout.
 - :func:`load_stc`: ShanghaiTech Campus, as video frames.
 - :func:`load_folder`: your own images in a simple layout.
+- :func:`load_folder_layout`: your own images in folders you name (anomalib's ``Folder``).
+- :func:`find_images` and :func:`output_names`: the images of folder trees, to score, and
+  output names that mirror the trees.
 - :func:`make_rd_mvtec`: randomly rotated and shifted copies of images and masks (the PaDiM
   paper's Rd-MVTec AD).
 - :func:`make_texture_defects` and :func:`load_demo`: a demo set that needs no download, from
@@ -16,7 +19,8 @@ Labels follow one convention everywhere: 1 = anomalous, 0 = normal.
 """
 
 from ._defects import DEFECT_TYPES
-from ._folder import load_folder
+from ._files import find_images, output_names
+from ._folder import load_folder, load_folder_layout
 from ._masks import read_masks
 from ._mvtec import MVTEC_CATEGORIES, MVTEC_OBJECTS, MVTEC_TEXTURES, load_mvtec
 from ._rd_mvtec import make_rd_mvtec
@@ -27,6 +31,9 @@ __all__ = [
     "load_mvtec",
     "load_stc",
     "load_folder",
+    "load_folder_layout",
+    "find_images",
+    "output_names",
     "read_masks",
     "make_rd_mvtec",
     "make_texture_defects",
