@@ -46,3 +46,20 @@ def feature_maps():
     z = gen.normal(size=(n, h * w, d))
     X = np.einsum("npd,pde->npe", z, mix) + gen.normal(size=(h * w, d)) * 3
     return X.reshape(n, h, w, d).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+@pytest.fixture(params=[0.0, 1e3], ids=["close-shifts", "far-shifts"])
+def worker_moments(request):
+    """Samples of 5 positions in 4 dimensions, as one pass and as two workers' moments
+    (the second worker's samples offset by the parameter, so their shifts differ)."""
+    from types import SimpleNamespace
+
+    from skpadim.gaussian import PatchMoments
+
+    gen = np.random.RandomState(7)
+    X = torch.from_numpy(gen.normal(size=(5, 60, 4)) * 3 + 10)
+    X[:, 25:] += request.param
+    one = PatchMoments.empty(X[:, :7].mean(dim=1)).update(X)
+    a = PatchMoments.empty(X[:, :25].mean(dim=1)).update(X[:, :25])
+    b = PatchMoments.empty(X[:, 25:].mean(dim=1)).update(X[:, 25:40]).update(X[:, 40:])
+    return SimpleNamespace(X=X, one=one, a=a, b=b)

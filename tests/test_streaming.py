@@ -197,13 +197,8 @@ def test_the_calibration_sample_is_not_saved(feature_maps, tmp_path):
                                   model.score_samples(feature_maps))
 
 
-@pytest.mark.parametrize("shift_b", [0.0, 1e3])
-def test_merged_moments_equal_one_pass(rng, shift_b):
-    X = torch.from_numpy(rng.normal(size=(5, 60, 4)) * 3 + 10)
-    X[:, 25:] += shift_b
-    one = PatchMoments.empty(X[:, :7].mean(dim=1)).update(X)
-    a = PatchMoments.empty(X[:, :25].mean(dim=1)).update(X[:, :25])
-    b = PatchMoments.empty(X[:, 25:].mean(dim=1)).update(X[:, 25:40]).update(X[:, 40:])
+def test_merged_moments_equal_one_pass(worker_moments):
+    X, one, a, b = (worker_moments.X, worker_moments.one, worker_moments.a, worker_moments.b)
     merged = a.merge(b)
     assert merged.count == 60
     torch.testing.assert_close(merged.mean, X.mean(dim=1), rtol=1e-12, atol=0)
