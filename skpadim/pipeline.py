@@ -503,11 +503,6 @@ def _final_detector(estimator):
     return transformers, final
 
 
-def _check_images(X):
-    if n_images(X) == 0:
-        raise InvalidImageError("got no images; pass at least one image or image path")
-
-
 def anomaly_maps(estimator, X, batch_size=64):
     """Anomaly maps ``(n, H, W)`` at image resolution from a fitted pipeline or detector.
 
@@ -551,7 +546,6 @@ def anomaly_maps(estimator, X, batch_size=64):
     True
     """
     transformers, final = _final_detector(estimator)
-    _check_images(X)
     return np.concatenate([
         final.anomaly_maps(_transform(transformers, part))
         for part in _image_slices(X, batch_size)
@@ -593,7 +587,6 @@ def iter_inspect_images(estimator, X, batch_size=32):
     [(0, (2, 32, 32)), (2, (2, 32, 32)), (4, (1, 32, 32))]
     """
     transformers, final = _final_detector(estimator)
-    _check_images(X)
     for k, part in enumerate(_image_slices(X, batch_size)):
         maps, scores = final._maps_and_scores(_transform(transformers, part))
         labels = np.where(-scores - final.offset_ >= 0, 1, -1)
@@ -664,7 +657,6 @@ def _stream_fit(pipeline, X, batch_size, progress=None):
     transformers, final = _split(pipeline)
     if not hasattr(final, "partial_fit"):
         raise ConfigurationError(f"{type(final).__name__} has no partial_fit; use pipeline.fit")
-    _check_images(X)
     if n_images(X) < 2:
         raise InvalidImageError("fitting needs at least 2 training images")
     if hasattr(final, "_reset"):
