@@ -6,6 +6,13 @@ mixin turns them into maps and image scores through :mod:`skpadim.scoring`, and 
 conventions: ``score_samples`` (higher = more normal), ``offset_`` from ``contamination``,
 ``decision_function`` and ``predict``.
 
+**Thresholds.** An image is anomalous when its anomaly score is strictly above
+``image_threshold_`` (``-offset_``); a pixel when its map value is strictly above
+``pixel_threshold_``. ``fit`` sets both from ``contamination``; ``set_thresholds`` fixes
+them (:mod:`skpadim.thresholds` chooses them on validation images). A fixed pixel threshold
+is kept in ``_pixel_threshold``; None (and models saved before it existed) means the
+default rule of ``_default_pixel_threshold``.
+
 **Streaming protocol.** ``partial_fit`` only accumulates (sums, stored samples); the costly
 last step of a fit (factorising, setting ``offset_``) runs once, in ``_finish``, either when
 the fit ends (``fit``, :func:`skpadim.fit_in_batches`, a streaming pipeline) or lazily when
@@ -14,6 +21,7 @@ the model is first used after ``partial_fit``. A subclass that defers work sets
 point calls ``_ensure_finished`` first.
 """
 
+import math
 from numbers import Integral, Real
 
 import numpy as np
@@ -25,7 +33,7 @@ import warnings
 from . import scoring
 from ._compat import Interval, StrOptions
 from ._labels import as_anomaly_labels
-from .exceptions import InvalidImageError, SkpadimWarning
+from .exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
 
 def _n_samples(X):
     shape = getattr(X, "shape", None)
@@ -76,6 +84,77 @@ class AnomalyMapMixin(OutlierMixin):
     @offset_.setter
     def offset_(self, value):
         self._offset = float(value)
+
+    @property
+    def image_threshold_(self):
+        """Threshold on anomaly scores: an image scoring above it is anomalous.
+
+        In anomaly-score units (``anomaly_scores``, higher = more anomalous); it is
+        ``-offset_``. Set it with ``set_thresholds``.
+        """
+        return -self.offset_
+
+    @property
+    def pixel_threshold_(self):
+        """Threshold on anomaly-map values: a pixel above it is marked defective.
+
+        Binary defect masks are ``anomaly_maps(X) > pixel_threshold_``. Until
+        ``set_thresholds`` fixes it, it follows from ``contamination``: for detectors whose
+        image score is the map's maximum (PatchGaussian, VAE) it is ``image_threshold_``,
+        so a pixel above it alone makes its image anomalous; SPADE applies the same rule to
+        leave-one-out maps of its training images (see its description).
+        """
+        self._ensure_finished()
+        value = self.__dict__.get("_pixel_threshold")
+        return self._default_pixel_threshold() if value is None else value
+
+    def _default_pixel_threshold(self):
+        """The pixel threshold while none is set: the image threshold, for detectors whose
+        image score is the map maximum (subclasses that score images otherwise override)."""
+        return self.image_threshold_
+
+    def set_thresholds(self, image=None, pixel=None):
+        """Fix the image and pixel thresholds, in anomaly units; None keeps one as it is.
+
+        The values replace the ``contamination`` rule until the next fit, and are saved
+        with the model (:func:`skpadim.save`, :func:`skpadim.export_onnx`).
+        :func:`skpadim.thresholds.tune_thresholds` chooses them on validation images.
+        While no pixel threshold is set, PatchGaussian's and the VAE's follows the image
+        threshold.
+
+        Parameters
+        ----------
+        image : float or None, default=None
+            New ``image_threshold_``: images with ``anomaly_scores > image`` are anomalous
+            (``offset_`` becomes ``-image``).
+        pixel : float or None, default=None
+            New ``pixel_threshold_``: pixels with a map value ``> pixel`` are defective.
+
+        Returns
+        -------
+        self : object
+            The detector.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skpadim import PatchGaussian
+        >>> X = np.random.RandomState(0).normal(size=(20, 3))
+        >>> model = PatchGaussian().fit(X).set_thresholds(image=4.0, pixel=5.0)
+        >>> model.image_threshold_, model.offset_, model.pixel_threshold_
+        (4.0, -4.0, 5.0)
+        >>> bool((model.predict(X) == np.where(model.anomaly_scores(X) > 4.0, -1, 1)).all())
+        True
+        """
+        check_is_fitted(self)
+        self._ensure_finished()
+        image, pixel = (None if v is None else _finite_threshold(v, name)
+                        for v, name in ((image, "image"), (pixel, "pixel")))
+        if image is not None:
+            self.offset_ = -image
+        if pixel is not None:
+            self._pixel_threshold = pixel
+        return self
 
     def _map_size(self, grid_shape):
         if self.map_size is None:
@@ -266,8 +345,9 @@ class AnomalyMapMixin(OutlierMixin):
             )
         return X
 
-    def _set_offset(self, training_scores):
-        """Threshold so that a fraction ``contamination`` of the training samples is flagged."""
+    def _contamination_percentile(self, training_scores):
+        """The ``contamination`` percentile of ``score_samples``-like values (higher =
+        more normal): a fraction ``contamination`` of them lies below it."""
         training_scores = np.asarray(training_scores)
         if not np.isfinite(training_scores).all():
             raise InvalidImageError(
@@ -276,4 +356,22 @@ class AnomalyMapMixin(OutlierMixin):
                 "threshold can be set; check the training images and the settings (for a "
                 "VAE: a smaller learning_rate)"
             )
-        self.offset_ = float(np.percentile(training_scores, 100.0 * self.contamination))
+        return float(np.percentile(training_scores, 100.0 * self.contamination))
+
+    def _set_offset(self, training_scores):
+        """Threshold so that a fraction ``contamination`` of the training samples is flagged.
+
+        A fit ends here, so a pixel threshold fixed for the previous fit is dropped too.
+        """
+        self.offset_ = self._contamination_percentile(training_scores)
+        self._pixel_threshold = None
+
+
+def _finite_threshold(value, name):
+    # bool is a Real to Python, but image=True is surely a mistake.
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ConfigurationError(
+            f"the {name} threshold must be a finite float (anomaly units, higher = more "
+            f"anomalous) or None to keep it, got {value!r}"
+        )
+    return float(value)

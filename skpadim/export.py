@@ -23,7 +23,8 @@ pixels to the verdict; :class:`~skpadim.export.OnnxModel` runs such a file with 
   = more anomalous; ``scores``, float32 ``(n,)``, the maximum of each map (skpadim's
   anomaly score, ``-score_samples``); ``labels``, int64 ``(n,)``, +1 normal (``scores <=
   threshold``), -1 anomalous;
-- ``metadata_props``: ``threshold`` (float32, as text), ``skpadim_version``, ``model``,
+- ``metadata_props``: ``threshold`` (float32, as text), ``pixel_threshold`` (float32, as
+  text: a map value above it marks a defect pixel), ``skpadim_version``, ``model``,
   ``input_size``, ``map_size``, ``input``, ``preprocessing``, ``outputs`` and
   ``factors_dtype``.
 
@@ -192,6 +193,13 @@ def _threshold(detector):
     return float(np.float32(-offset))
 
 
+def _pixel_threshold(model):
+    from sklearn.pipeline import Pipeline
+
+    final = model[-1] if isinstance(model, Pipeline) else model
+    return float(np.float32(final.pixel_threshold_))
+
+
 def _input_size(resize, crop, known):
     """The graph's input ``(H, W)``, or None when any size of at least the crop works."""
     resize, crop = _pair(resize), _pair(crop)
@@ -321,7 +329,7 @@ def _graph(model, storage_dtype):
 
 
 # ---------------------------------------------------------------------------- export
-def _metadata(info, input_size, crop, map_size, threshold):
+def _metadata(info, input_size, crop, map_size, threshold, pixel_threshold):
     from . import __version__
 
     size = ("x".join(map(str, input_size)) if input_size is not None
@@ -339,6 +347,7 @@ def _metadata(info, input_size, crop, map_size, threshold):
         "model": f"skpadim {info['model']} ({info['backbone']})",
         "skpadim_version": __version__,
         "threshold": repr(threshold),
+        "pixel_threshold": repr(pixel_threshold),
         "input_size": size,
         "map_size": "x".join(map(str, map_size)),
         "input": "images: uint8 (n, H, W, 3), RGB, channels last; n dynamic",
@@ -408,8 +417,8 @@ def export_onnx(model, path, *, opset=18, storage_dtype=None, external_data="aut
     docstring for the contract): input ``images``, uint8 ``(n, H, W, 3)`` at the model's
     input size (the graph crops; it does **not** resize); outputs ``anomaly_maps``
     float32 ``(n, h, w)``, ``scores`` float32 ``(n,)`` and ``labels`` int64 ``(n,)``
-    (+1 normal, -1 anomalous). The threshold and a description of the contract are in
-    the file's ``metadata_props``. Export uses torch's ``torch.export``-based exporter
+    (+1 normal, -1 anomalous). The image and pixel thresholds and a description of the
+    contract are in the file's ``metadata_props``. Export uses torch's ``torch.export``-based exporter
     (``dynamo=True``) with a dynamic batch dimension.
 
     Parameters
@@ -485,12 +494,14 @@ def export_onnx(model, path, *, opset=18, storage_dtype=None, external_data="aut
         )
     graph, input_size, crop, map_size, info = _graph(model, storage_dtype)
     threshold = float(graph.head.threshold)
+    pixel_threshold = _pixel_threshold(model)
     with torch.inference_mode(False), torch.no_grad():
         proto = _torch_export(graph, input_size, crop, opset)
     proto.doc_string = ("skpadim anomaly detector: images (uint8 n,H,W,3) -> anomaly_maps, "
                         "scores, labels; see metadata_props")
     del proto.metadata_props[:]
-    for key, value in _metadata(info, input_size, crop, map_size, threshold).items():
+    for key, value in _metadata(info, input_size, crop, map_size, threshold,
+                                pixel_threshold).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)
     if external_data == "auto":
@@ -524,6 +535,9 @@ class OnnxModel:
         The file's ``metadata_props`` (threshold, input size, preprocessing, ...).
     threshold : float
         Images with ``scores <= threshold`` are normal (label +1).
+    pixel_threshold : float
+        Map values above it are defect pixels (the model's ``pixel_threshold_``); NaN for
+        files written before skpadim recorded it.
     input_size : tuple of int or None
         ``(H, W)`` the graph takes; None when any size of at least the crop works.
 
@@ -555,6 +569,7 @@ class OnnxModel:
         )
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.threshold = float(self.metadata.get("threshold", "nan"))
+        self.pixel_threshold = float(self.metadata.get("pixel_threshold", "nan"))
         shape = self.session.get_inputs()[0].shape
         fixed = all(isinstance(s, int) for s in shape[1:3])
         self.input_size = tuple(shape[1:3]) if fixed else None

@@ -577,6 +577,12 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         access.
     offset_ : float
         Threshold on ``score_samples``; ``decision_function = score_samples - offset_``.
+    image_threshold_ : float
+        ``-offset_``: images with ``anomaly_scores`` above it are anomalous.
+    pixel_threshold_ : float
+        Map values above it mark defect pixels: ``image_threshold_`` unless set otherwise
+        with ``set_thresholds`` (an image's score is its map's maximum, so a pixel above it
+        alone flags its image).
 
     See Also
     --------

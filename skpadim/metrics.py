@@ -1,4 +1,5 @@
-"""Anomaly detection metrics: image ROC AUC, pixel ROC AUC and per-region overlap (PRO).
+"""Anomaly detection metrics: image ROC AUC, pixel ROC AUC and per-region overlap (PRO),
+and how a chosen threshold does (precision, recall, F1, confusion matrix).
 
 Every score and map here reads "higher = more anomalous", as PaDiM's distances do. Image
 labels may be 0/1 with 1 anomalous, -1/+1 with -1 anomalous, booleans, or ``(n, H, W)``
@@ -9,6 +10,10 @@ maps of the same shape; bring masks to the maps' resolution with
 PRO follows the MVTec AD evaluation code: ground-truth regions are the 8-connected components
 of each mask, and the curve has one point per distinct score. The scorers plug these metrics
 into :class:`~sklearn.model_selection.GridSearchCV` and friends.
+
+:func:`threshold_metrics` and :func:`pixel_threshold_metrics` judge one threshold, with
+skpadim's rule: anomalous iff the score (or map value) is strictly above it.
+:mod:`skpadim.thresholds` chooses thresholds.
 """
 
 from functools import partial
@@ -19,7 +24,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from ._labels import as_anomaly_labels
-from .exceptions import InvalidImageError
+from .exceptions import ConfigurationError, InvalidImageError
 
 __all__ = [
     "image_auroc",
@@ -30,6 +35,8 @@ __all__ = [
     "pixel_auroc_scorer",
     "pro_scorer",
     "make_pro_scorer",
+    "threshold_metrics",
+    "pixel_threshold_metrics",
 ]
 
 
@@ -44,10 +51,8 @@ def _check_both_classes(is_anomalous, name, unit):
         )
 
 
-def _check_masks_and_maps(masks, maps):
-    """Return masks as bool and maps as float64, both ``(n, H, W)`` and of one shape."""
-    masks = np.asarray(masks)
-    maps = np.asarray(maps, dtype=np.float64)
+def _check_mask_shapes(masks, maps):
+    """Raise unless masks and maps (arrays) are both ``(n, H, W)`` and of one shape."""
     if masks.ndim != 3:
         raise InvalidImageError(
             f"masks must have shape (n, H, W), got {masks.shape}; for image labels use "
@@ -60,6 +65,13 @@ def _check_masks_and_maps(masks, maps):
             "skpadim.preprocessing.transform_masks(masks, resize, crop), using the resize "
             "and crop the images went through"
         )
+
+
+def _check_masks_and_maps(masks, maps):
+    """Return masks as bool and maps as float64, both ``(n, H, W)`` and of one shape."""
+    masks = np.asarray(masks)
+    maps = np.asarray(maps, dtype=np.float64)
+    _check_mask_shapes(masks, maps)
     if not np.isfinite(maps).all():
         raise InvalidImageError(
             "anomaly maps contain NaN or infinite values; check the model that made them"
@@ -421,3 +433,153 @@ def make_pro_scorer(max_fpr=0.3):
     """
     _check_max_fpr(max_fpr)
     return partial(pro_scorer, max_fpr=max_fpr)
+
+
+# ---------------------------------------------------------------------------- thresholds
+def _check_threshold(threshold):
+    if (isinstance(threshold, bool) or not isinstance(threshold, Real)
+            or not np.isfinite(threshold)):
+        raise ConfigurationError(f"threshold must be a finite float, got {threshold!r}")
+    return threshold
+
+
+def _as_float(values):
+    """The values in their own float type (the detectors compare in it), float64 for ints."""
+    values = np.asarray(values)
+    return values if np.issubdtype(values.dtype, np.floating) else values.astype(np.float64)
+
+
+def _metrics_from_counts(threshold, tp, fp, tn, fn):
+    # No alarms (or nothing to find) gives 0, not NaN: sklearn's zero_division=0, so that
+    # the numbers of a threshold above every score still average and compare.
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return {
+        "threshold": float(threshold),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "tp": int(tp),
+        "fp": int(fp),
+        "tn": int(tn),
+        "fn": int(fn),
+        "confusion_matrix": np.array([[tn, fp], [fn, tp]], dtype=np.int64),
+    }
+
+
+def threshold_metrics(y_true, scores, threshold):
+    """Precision, recall, F1 and confusion matrix of "anomalous iff score > threshold".
+
+    The rule is skpadim's: strictly above. Scores are compared in their own float type
+    (float32 scores with the threshold rounded to float32), as the detectors compare.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,) or (n_samples, H, W)
+        Image labels (0/1 with 1 anomalous, -1/+1 with -1 anomalous, or booleans with True
+        anomalous) or ground-truth masks, where an image is anomalous when any pixel is set.
+    scores : array-like of shape (n_samples,)
+        Anomaly scores, higher = more anomalous; finite.
+    threshold : float
+        For instance a model's ``image_threshold_``.
+
+    Returns
+    -------
+    metrics : dict
+        ``threshold``, ``precision``, ``recall``, ``f1`` (floats); ``tp``, ``fp``, ``tn``,
+        ``fn`` (ints, anomalous = positive); ``confusion_matrix``, int64 ``[[tn, fp],
+        [fn, tp]]`` as :func:`sklearn.metrics.confusion_matrix` lays it out. Without
+        alarms precision is 0 (not NaN), without anomalous samples recall is 0, and F1 is 0
+        when both are: scikit-learn's ``zero_division=0``.
+
+    See Also
+    --------
+    skpadim.thresholds.f1_optimal_threshold : The threshold that maximises ``f1``.
+    pixel_threshold_metrics : The same over pixels.
+
+    Examples
+    --------
+    >>> from skpadim.metrics import threshold_metrics
+    >>> m = threshold_metrics([0, 0, 1, 1], [0.1, 0.5, 0.5, 0.9], threshold=0.5)
+    >>> m["precision"], m["recall"], m["f1"]
+    (1.0, 0.5, 0.6666666666666666)
+    >>> m["confusion_matrix"].tolist()
+    [[2, 0], [1, 1]]
+    >>> threshold_metrics([0, 1], [0.1, 0.2], threshold=1.0)["precision"]   # no alarm
+    0.0
+    """
+    is_anomalous = as_anomaly_labels(y_true)
+    scores = _as_float(scores)
+    threshold = _check_threshold(threshold)
+    if scores.shape != is_anomalous.shape:
+        raise InvalidImageError(
+            f"scores must have shape {is_anomalous.shape}, one per image of y_true, got "
+            f"{scores.shape}"
+        )
+    if not np.isfinite(scores).all():
+        raise InvalidImageError(
+            "scores contain NaN or infinite values; check the model that made them"
+        )
+    flagged = scores > threshold
+    n_anomalous = int(np.count_nonzero(is_anomalous))
+    tp = int(np.count_nonzero(flagged & is_anomalous))
+    fp = int(np.count_nonzero(flagged)) - tp
+    fn = n_anomalous - tp
+    return _metrics_from_counts(threshold, tp, fp, scores.size - n_anomalous - fp, fn)
+
+
+def pixel_threshold_metrics(masks, maps, threshold):
+    """Precision, recall, F1 and confusion matrix of "defect iff map value > threshold",
+    over all pixels of all images.
+
+    Images are counted a few at a time, so the only temporaries are boolean arrays of a
+    few images (the maps are not copied, nor the masks when they are boolean).
+
+    Parameters
+    ----------
+    masks : array-like of shape (n_samples, H, W)
+        Ground truth; non-zero marks a defect pixel.
+    maps : array-like of shape (n_samples, H, W)
+        Anomaly maps at the masks' resolution, finite; compared in their own float type.
+    threshold : float
+        For instance a model's ``pixel_threshold_``.
+
+    Returns
+    -------
+    metrics : dict
+        As :func:`threshold_metrics` returns, counting pixels (defect = positive), with
+        the same zero-division rule.
+
+    See Also
+    --------
+    skpadim.thresholds.pixel_f1_optimal_threshold : The threshold that maximises ``f1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.metrics import pixel_threshold_metrics
+    >>> masks = np.array([[[0, 1], [1, 0]]])
+    >>> m = pixel_threshold_metrics(masks, [[[0.1, 0.9], [0.3, 0.4]]], threshold=0.35)
+    >>> m["tp"], m["fp"], m["tn"], m["fn"], m["f1"]
+    (1, 1, 1, 1, 0.5)
+    """
+    masks, maps = np.asarray(masks), _as_float(maps)
+    _check_mask_shapes(masks, maps)
+    threshold = _check_threshold(threshold)
+    tp = flagged = defect = 0
+    step = 16
+    for start in range(0, len(maps), step):
+        part = maps[start : start + step]
+        if not np.isfinite(part).all():
+            raise InvalidImageError(
+                "anomaly maps contain NaN or infinite values; check the model that made them"
+            )
+        truth = masks[start : start + step]
+        truth = truth if truth.dtype == bool else truth != 0
+        above = part > threshold
+        flagged += int(np.count_nonzero(above))
+        defect += int(np.count_nonzero(truth))
+        tp += int(np.count_nonzero(np.logical_and(above, truth, out=above)))
+    fp, fn = flagged - tp, defect - tp
+    return _metrics_from_counts(threshold, tp, fp, maps.size - defect - fp, fn)

@@ -313,6 +313,39 @@ class StreamingPipeline(VersionedStateMixin, Pipeline):
         """
         return self._each("anomaly_maps", X)
 
+    @available_if(_final_has("set_thresholds"))
+    def set_thresholds(self, image=None, pixel=None):
+        """Fix the final detector's image and pixel thresholds; None keeps one as it is.
+
+        The detector's ``set_thresholds``, for a whole pipeline:
+        :func:`skpadim.thresholds.tune_thresholds` chooses the values on validation images.
+
+        Parameters
+        ----------
+        image : float or None, default=None
+            New ``image_threshold_`` of the final step, in anomaly-score units.
+        pixel : float or None, default=None
+            New ``pixel_threshold_`` of the final step, in anomaly-map units.
+
+        Returns
+        -------
+        self : StreamingPipeline
+            The pipeline.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skpadim import make_padim
+        >>> images = np.random.RandomState(0).randint(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+        >>> pipe = make_padim("resnet18", n_features=10, weights=None, resize=None,
+        ...                   crop=None, random_state=0).fit(images)
+        >>> pipe = pipe.set_thresholds(image=1e6)
+        >>> pipe[-1].image_threshold_, pipe.predict(images).tolist()
+        (1000000.0, [1, 1, 1, 1])
+        """
+        self._final_estimator.set_thresholds(image=image, pixel=pixel)
+        return self
+
     @available_if(_final_has("anomaly_maps"))
     def inspect(self, X):
         """Maps, image scores and labels of ``X`` from one pass (see :func:`inspect_images`).

@@ -37,7 +37,12 @@ from .exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
 from .features import BackboneFeatures
 from .pipeline import _make_streaming_pipeline
 
-__all__ = ["nearest_neighbors", "SPADE", "make_spade", "SPADE_LAYERS"]
+__all__ = ["nearest_neighbors", "SPADE", "make_spade", "SPADE_LAYERS",
+           "PIXEL_CALIBRATION_IMAGES"]
+
+#: Most training images whose leave-one-out anomaly maps set SPADE's default pixel threshold
+#: (spread evenly over the training set): a bounded cost, that of scoring as many images.
+PIXEL_CALIBRATION_IMAGES = 64
 
 #: Layers :func:`~skpadim.make_spade` taps by default: the pixel-level pyramid, then the layer whose
 #: pooled output compares whole images (the one the classifier pools, as in the paper).
@@ -305,6 +310,15 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
     Stored features stay on the CPU: each test image's own gallery (the positions of its
     ``n_neighbors_`` nearest training images, one layer at a time) is copied to ``device``.
 
+    **Thresholds.** SPADE's image score is not the maximum of its map, so its default pixel
+    threshold comes from maps: at the end of a fit, the anomaly maps of at most
+    :data:`~skpadim.spade.PIXEL_CALIBRATION_IMAGES` (64) training images, spread evenly,
+    are computed leave-one-out (each image against its nearest *other* training images,
+    whatever ``calibration`` says: in-sample, every patch would find itself at distance 0),
+    and ``pixel_threshold_`` is the value a fraction ``contamination`` of their maxima
+    exceeds, the rule ``offset_`` applies to image scores. That costs as much as scoring
+    those images, once per fit. Patch features stored in float16 are compared in float32.
+
     Parameters
     ----------
     n_neighbors : int, default=50
@@ -368,6 +382,11 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         model up to a few kilobytes.
     offset_ : float
         Threshold on ``score_samples``; ``decision_function = score_samples - offset_``.
+    image_threshold_ : float
+        ``-offset_``: images with ``anomaly_scores`` above it are anomalous.
+    pixel_threshold_ : float
+        Map values above it mark defective pixels (see Thresholds above); both are fixed
+        with ``set_thresholds``.
 
     See Also
     --------
@@ -567,7 +586,7 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
     def _reset(self):
         """Forget the stored samples, so that the next partial_fit starts a new model."""
         for name in ("n_samples_fit_", "_pending", "_image_features", "_patch_features",
-                     "_unfinished"):
+                     "_unfinished", "_pixel_default", "_grid"):
             self.__dict__.pop(name, None)
 
     def _layer_grids(self, X):
@@ -590,6 +609,7 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         pending.append((image, pixel))
         # The counts are known without joining the chunks, so they stay plain attributes.
         self._flat_ = X.ndim == 2
+        self._grid = None if X.ndim == 2 else tuple(int(g) for g in X.shape[2:])
         self.layer_grids_ = [tuple(p.shape[1:3]) for p in pixel]
         self.n_samples_fit_ = getattr(self, "n_samples_fit_", 0) + image.shape[0]
         self.n_neighbors_ = min(self.n_neighbors, self.n_samples_fit_)
@@ -617,6 +637,7 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
                 stacklevel=3,
             )
         self._set_offset(self._stored_training_scores())
+        self._pixel_default = None if self._flat_ else self._leave_one_out_pixel_threshold()
 
     @property
     def image_features_(self):
@@ -657,6 +678,45 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         gallery = _as_tensor(self._image_features).to(queries.dtype)
         distances, _ = self._search(queries, gallery, k)
         return -distances[:, 1:].mean(dim=1).numpy()
+
+    def _default_pixel_threshold(self):
+        """The map value a fraction ``contamination`` of leave-one-out training maps'
+        maxima exceeds (see the class description); for 2-D input, whose "map" is the
+        image score itself, the image threshold."""
+        if self._flat_:
+            return self.image_threshold_
+        value = self.__dict__.get("_pixel_default")
+        if value is None:  # a model saved before pixel thresholds existed: compute it now
+            value = self._pixel_default = self._leave_one_out_pixel_threshold()
+        return value
+
+    def _leave_one_out_pixel_threshold(self):
+        maxima = self._leave_one_out_map_maxima()
+        return -self._contamination_percentile(-maxima)
+
+    def _leave_one_out_map_maxima(self, chunk=8):
+        """Maximum of the anomaly map of up to ``PIXEL_CALIBRATION_IMAGES`` training images,
+        each scored against its nearest other training images."""
+        n = self.n_samples_fit_
+        chosen = np.unique(np.linspace(0, n - 1, min(n, PIXEL_CALIBRATION_IMAGES))
+                           .round().astype(np.int64))
+        k = min(self.n_neighbors_, n - 1)
+        gallery = _as_tensor(self._image_features)
+        grid = self.__dict__.get("_grid")
+        if grid is None:  # models saved before the grid was kept: the first layer's
+            stride = 1 if self.layer_strides is None else int(self.layer_strides[0])
+            grid = tuple(stride * g for g in self.layer_grids_[0])
+        maxima = []
+        for start in range(0, len(chosen), chunk):
+            rows = chosen[start : start + chunk]
+            queries = torch.from_numpy(self._image_features[rows])
+            _, neighbours = self._search(queries, gallery, k, exclude=torch.from_numpy(rows))
+            # The stored layers are the images' own features, channels last.
+            pixel_maps = [np.asarray(stored[rows], dtype=np.float32).transpose(0, 3, 1, 2)
+                          for stored in self._patch_features]
+            distances = self._pixel_distances(pixel_maps, neighbours, grid)
+            maxima.append(scoring.image_scores(self._distances_to_maps(distances)))
+        return np.concatenate(maxima)
 
     # ------------------------------------------------------------------ scoring
     def _search(self, queries, gallery, k, **kwargs):
@@ -711,8 +771,11 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
             queries, _as_tensor(self._image_features), self.n_neighbors_
         )
         pixel_maps, _ = self._native_layers(X)
-        grid = X.shape[2:]
-        total = np.zeros((X.shape[0], *grid), dtype=np.float32)
+        return self._pixel_distances(pixel_maps, neighbours, X.shape[2:])
+
+    def _pixel_distances(self, pixel_maps, neighbours, grid):
+        """``(n, *grid)`` patch distances: each layer's, brought to ``grid``, averaged."""
+        total = np.zeros((len(neighbours), *grid), dtype=np.float32)
         for layer, test_maps in enumerate(pixel_maps):
             layer_maps = self._layer_distances(layer, test_maps, neighbours)
             total += scoring.upsample_maps(layer_maps, grid, self.interpolation)
@@ -724,7 +787,7 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         n_train, positions, c = stored.shape[0], stored.shape[1] * stored.shape[2], stored.shape[3]
         gallery = _as_tensor(stored).view(n_train, positions, c)
         n, _, h, w = test_maps.shape
-        kappa = min(self.kappa, self.n_neighbors_ * positions)
+        kappa = min(self.kappa, neighbours.shape[1] * positions)
         queries = torch.from_numpy(
             np.ascontiguousarray(test_maps.transpose(0, 2, 3, 1), dtype=np.float32)
         ).view(n, h * w, c)

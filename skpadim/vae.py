@@ -466,6 +466,11 @@ class VAE(VersionedStateMixin, ImageModuleMixin, AnomalyMapMixin, BaseEstimator)
         ``(H, W)`` of the network's input.
     offset_ : float
         Threshold on ``score_samples``; ``decision_function = score_samples - offset_``.
+    image_threshold_ : float
+        ``-offset_``: images with ``anomaly_scores`` above it are anomalous.
+    pixel_threshold_ : float
+        Map values above it mark defective pixels; ``image_threshold_`` until
+        ``set_thresholds`` fixes it (the image score is the map's maximum).
 
     See Also
     --------
