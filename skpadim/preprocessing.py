@@ -27,7 +27,9 @@ guessed at:
   outside 16 bits (mode ``"I"``).
 
 Masks go through :func:`transform_masks`, the same geometry as the images, so metrics
-compare like with like.
+compare like with like. The way back, from anomaly maps to the user's own images, is
+:func:`restore_geometry`: it undoes the crop and the resize, so that a map lies over
+the original image pixel for pixel (with the border the crop removed marked unknown).
 """
 
 import contextlib
@@ -41,7 +43,15 @@ import torch.nn.functional as F
 from ._torch import from_numpy
 from .exceptions import DatasetError, InvalidImageError
 
-__all__ = ["read_image", "image_size", "as_image_batches", "resize_and_crop", "transform_masks"]
+__all__ = [
+    "read_image",
+    "image_size",
+    "image_sizes",
+    "as_image_batches",
+    "resize_and_crop",
+    "transform_masks",
+    "restore_geometry",
+]
 
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
@@ -527,3 +537,208 @@ def transform_masks(masks, resize=None, crop=None):
     t = from_numpy(masks, dtype=np.float32)[:, None]
     t = resize_and_crop(t, resize, crop, interpolation="nearest")
     return t[:, 0].numpy() > 0.5
+
+
+def image_sizes(X):
+    """``(height, width)`` of each image of a batch, as the models would read it.
+
+    Arrays give their shape (one size for the whole batch); file paths are read from their
+    headers only, without decoding the pixels. These are the sizes
+    :func:`restore_geometry` brings anomaly maps back to.
+
+    Parameters
+    ----------
+    X : array-like or list of paths
+        Images in one of the forms the module docstring lists.
+
+    Returns
+    -------
+    sizes : list of (int, int)
+        One ``(height, width)`` per image, in the order of ``X``.
+
+    Raises
+    ------
+    InvalidImageError
+        If ``X`` is empty or is not a batch the models accept (see the module docstring).
+    DatasetError
+        If an image file is missing or is not an image.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from skpadim.preprocessing import image_sizes
+    >>> image_sizes(np.zeros((2, 48, 64, 3), dtype=np.uint8))          # channels last
+    [(48, 64), (48, 64)]
+    >>> image_sizes(np.zeros((1, 3, 30, 20), dtype=np.float32))        # channels first
+    [(30, 20)]
+    >>> folder = tempfile.mkdtemp()
+    >>> paths = [os.path.join(folder, name) for name in ("a.png", "b.png")]
+    >>> Image.new("RGB", (64, 48)).save(paths[0])
+    >>> Image.new("L", (10, 20)).save(paths[1])
+    >>> image_sizes(paths)
+    [(48, 64), (20, 10)]
+    """
+    n = n_images(X)
+    if _is_path_list(X):
+        return [image_size(p) for p in X]
+    # Converting the first image settles the layout exactly as the models read it
+    # ((n, H, W, c) for integers, (n, c, H, W) for floats); every image shares its shape.
+    first = _array_to_tensor(_as_array(X[:1]))
+    height, width = (int(s) for s in first.shape[-2:])
+    return [(height, width)] * n
+
+
+def _center_crop_offset(size, crop):
+    """Top-left corner of the center crop: the rule :func:`resize_and_crop` crops by."""
+    (h, w), (ch, cw) = size, crop
+    return (h - ch) // 2, (w - cw) // 2
+
+
+def _resample(t, size, interpolation):
+    """``t`` (n, c, h, w) resampled to ``size`` with :func:`resize_and_crop`'s filters,
+    unclipped: anomaly maps are not confined to [0, 1]."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    if interpolation == "nearest":
+        return F.interpolate(t, size=size, mode="nearest-exact")
+    return F.interpolate(t, size=size, mode=interpolation, align_corners=False, antialias=True)
+
+
+def _fill_value(fill):
+    """``fill`` as a float, or None for ``"nearest"``."""
+    if isinstance(fill, str):
+        if fill == "nan":
+            return float("nan")
+        if fill == "nearest":
+            return None
+    elif isinstance(fill, (int, float, np.integer, np.floating)) and not isinstance(fill, bool):
+        return float(fill)
+    raise InvalidImageError(
+        f"fill must be 'nan' (unknown), 'nearest' (edge values extended) or a number, got "
+        f"{fill!r}"
+    )
+
+
+def restore_geometry(maps, image_size, resize=None, crop=None, *, fill="nan",
+                     interpolation="bilinear"):
+    """Bring anomaly maps back to the images' own geometry: undo the crop, then the resize.
+
+    The inverse of :func:`resize_and_crop` for maps. A model resizes an image of size
+    ``image_size`` to ``resize``, center-crops it to ``crop``, and returns a map that covers
+    the crop (at the crop's size, or at the detector's ``map_size``). This function
+
+    1. resamples the map to the crop's size;
+    2. places it in a canvas of the resized size at the crop's offset
+       (``((h - ch) // 2, (w - cw) // 2)``, the offset :func:`resize_and_crop` crops at,
+       odd differences included); the border the crop removed is unknown;
+    3. resamples the canvas to ``image_size``.
+
+    The map then lies over the original image pixel for pixel, as a mask drawn on the
+    original image does before :func:`skpadim.preprocessing.transform_masks` moves it to
+    the maps' geometry.
+
+    Unknown values never leak into known pixels: the border is first filled with the
+    map's edge values and the canvas resampled; a validity mask (1 inside the crop, 0 on
+    the border) is resampled beside it, and the output pixels where it falls below 0.5,
+    those whose centre lies outside the crop region, are unknown and receive ``fill``.
+
+    Parameters
+    ----------
+    maps : array-like of shape (n, h, w) or (h, w)
+        Anomaly maps of images that share one original size; any ``(h, w)``, as long as
+        the map covers the crop region. Values must be finite.
+    image_size : int or (int, int)
+        The images' original ``(height, width)``, e.g. from :func:`image_sizes`.
+    resize, crop : int, (int, int) or None, default=None
+        The values the model's features used (``BackboneFeatures.resize`` and ``crop``).
+        With both None the maps are only resampled to ``image_size``.
+    fill : {"nan", "nearest"} or float, default="nan"
+        The value of the pixels the crop removed: ``"nan"`` marks them unknown (NaN);
+        ``"nearest"`` extends the map's edge values outwards, for a map without holes;
+        a number fills them with that number.
+    interpolation : {"bilinear", "bicubic", "nearest"}, default="bilinear"
+        Resampling filter of both steps; bilinear and bicubic are antialiased when
+        shrinking, as in :func:`resize_and_crop`, but not clipped.
+
+    Returns
+    -------
+    maps : ndarray of shape (n, H, W) or (H, W), dtype float32
+        The maps in the original geometry ``image_size``; 2-D when ``maps`` was.
+
+    Raises
+    ------
+    InvalidImageError
+        If ``maps`` is not 2-D or 3-D or holds NaN or infinite values, a size is not
+        positive, ``crop`` is larger than the resized image, or ``fill`` or
+        ``interpolation`` is unknown.
+
+    See Also
+    --------
+    transform_masks : The forward direction, for ground-truth masks.
+
+    Examples
+    --------
+    The paper's geometry: 256 x 256 images, resized to 256 and cropped to 224. The map comes
+    back at 256 x 256 with the 16-pixel border the crop removed marked unknown:
+
+    >>> import numpy as np
+    >>> from skpadim.preprocessing import restore_geometry
+    >>> maps = np.ones((1, 224, 224), dtype=np.float32)
+    >>> restored = restore_geometry(maps, (256, 256), resize=256, crop=224)
+    >>> restored.shape, float(np.isnan(restored).mean()) == 1 - 224**2 / 256**2
+    ((1, 256, 256), True)
+    >>> np.flatnonzero(~np.isnan(restored[0, 128]))[[0, -1]].tolist()   # columns 16..239
+    [16, 239]
+
+    A 2-D map, a non-square original, and the border filled with the edge values:
+
+    >>> amap = np.arange(16, dtype=np.float32).reshape(4, 4)
+    >>> out = restore_geometry(amap, (6, 6), crop=4, fill="nearest",
+    ...                              interpolation="nearest")
+    >>> out[0].tolist(), out.shape
+    ([0.0, 0.0, 1.0, 2.0, 3.0, 3.0], (6, 6))
+    >>> restore_geometry(np.zeros((56, 56)), (300, 200), resize=256, crop=224).shape
+    (300, 200)
+    """
+    if interpolation not in _INTERPOLATIONS:
+        raise InvalidImageError(
+            f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}"
+        )
+    value = _fill_value(fill)
+    maps = np.asarray(maps, dtype=np.float32)
+    single = maps.ndim == 2
+    if single:
+        maps = maps[None]
+    if maps.ndim != 3 or 0 in maps.shape:
+        raise InvalidImageError(
+            f"maps must have shape (n, h, w) or (h, w), got {maps.shape}"
+        )
+    if not np.isfinite(maps).all():
+        # Interpolation would spread a NaN over its neighbours; the border is the only
+        # unknown region this function knows how to keep apart.
+        raise InvalidImageError(
+            "maps contain NaN or infinite values; pass the maps a model returned (finite), "
+            "before any restoring"
+        )
+    original = _pair(image_size, "image_size")
+    canvas = _pair(resize, "resize") or original
+    crop = _pair(crop, "crop") or canvas
+    if crop[0] > canvas[0] or crop[1] > canvas[1]:
+        raise InvalidImageError(
+            f"crop {crop} is larger than the (resized) image {canvas}; pass the resize and "
+            "crop the model used"
+        )
+    top, left = _center_crop_offset(canvas, crop)
+    # (left, right, top, bottom): F.pad's order for the last two axes.
+    border = (left, canvas[1] - crop[1] - left, top, canvas[0] - crop[0] - top)
+
+    t = _resample(from_numpy(maps)[:, None], crop, interpolation)
+    out = _resample(F.pad(t, border, mode="replicate"), original, interpolation)[:, 0]
+    if value is not None and any(border):
+        valid = F.pad(torch.ones(1, 1, *crop), border)  # zeros on the border
+        known = _resample(valid, original, interpolation)[0, 0] >= 0.5
+        out[:, ~known] = value
+    out = out.numpy()
+    return out[0] if single else out

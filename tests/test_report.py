@@ -6,18 +6,30 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from skpadim import metrics
 from skpadim.report import (
+    COLORBAR_WIDTH,
     CONTOUR_COLOUR,
+    HEAT_COLOURS,
+    PANEL_GAP,
+    TEXT_BACKGROUND,
+    TEXT_COLOUR,
+    UNKNOWN_COLOURS,
     ScoredSet,
+    _pro_point,
+    _roc_point,
     build_report,
+    caption_text,
     heat_range,
     metrics_markdown,
     overlay_image,
+    plot_curves,
     save_overlay,
+    save_panel,
     select_for_overlays,
     set_metrics,
     write_report,
@@ -71,7 +83,9 @@ def test_overlay_pngs_show_the_heat_where_the_mask_is(brick_demo):
         with open(path, "rb") as f:
             assert f.read(8) == PNG_SIGNATURE
         with Image.open(path) as png:
-            assert png.format == "PNG" and png.size == (288, 288)  # 96 px, upscaled 3x
+            # 96 px upscaled 3x, the colour bar beside it, the caption under both.
+            assert png.format == "PNG" and png.size[0] == 288 + COLORBAR_WIDTH
+            assert png.size[1] > 288
             # One colour scale per model: every overlay records the same range.
             assert float(png.text["heat_vmax"]) == pytest.approx(vmax, rel=1e-5)
             assert float(png.text["heat_vmin"]) == pytest.approx(vmin, rel=1e-5)
@@ -202,3 +216,192 @@ def test_heat_range_spans_half_the_threshold_to_the_threshold(brick_demo):
     threshold = -model[-1].offset_
     assert heat_range(model) == pytest.approx((0.5 * threshold, threshold))
     assert heat_range(model, low=0.25)[0] == pytest.approx(0.25 * threshold)
+
+
+# ---------------------------------------------------------------- legends, panels, operating points
+def _glyphs(text):
+    """``text`` as Pillow's built-in font draws it on the legend's background, cropped to
+    its ink: the exact pixels a legend holding this text must contain somewhere."""
+    font = ImageFont.load_default()
+    canvas = Image.new("RGB", (int(font.getlength(text)) + 20, 40), TEXT_BACKGROUND)
+    ImageDraw.Draw(canvas).text((10, 10), text, font=font, fill=TEXT_COLOUR)
+    pixels = np.asarray(canvas)
+    ink = (pixels != TEXT_BACKGROUND).any(axis=-1)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    return pixels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _contains(pixels, pattern):
+    """Whether ``pattern`` (h, w, 3) occurs in ``pixels`` (H, W, 3) exactly, anywhere."""
+    if pattern.shape[0] > pixels.shape[0] or pattern.shape[1] > pixels.shape[1]:
+        return False
+    windows = sliding_window_view(pixels, pattern.shape)[:, :, 0]
+    return bool((windows == pattern).all(axis=(-3, -2, -1)).any())
+
+
+def _expected_heat(n):
+    """The heat colours at ``n`` evenly spaced heats from 0 (vmin) to 1 (vmax), 0..255."""
+    stops, heat = np.linspace(0, 1, len(HEAT_COLOURS)), np.linspace(0, 1, n)
+    return np.stack([np.interp(heat, stops, HEAT_COLOURS[:, c]) for c in range(3)], -1) * 255
+
+
+@pytest.fixture
+def legend_overlay(tmp_path):
+    """A 64 x 64 overlay (upscaled 4x to 256) with colour bar and caption."""
+    image = np.full((64, 64, 3), 90, dtype=np.uint8)
+    amap = np.zeros((64, 64))
+    amap[10:20, 10:20] = 3.0
+    path = save_overlay(tmp_path / "legend.png", image, amap, vmin=0.5, vmax=2.0,
+                        colorbar=True, score=3.21, threshold=1.5, pixel_threshold=1.2)
+    with Image.open(path) as png:
+        return np.asarray(png.convert("RGB")), dict(png.text)
+
+
+def test_overlay_colour_bar_runs_through_the_heat_colours_from_vmin_to_vmax(legend_overlay):
+    pixels, _ = legend_overlay
+    assert pixels.shape[1] == 256 + COLORBAR_WIDTH
+    strip = pixels[:256, 256:].astype(int)
+    # The bar: the heat colours have no blue and much red; text and marks are grey/white.
+    heat = (strip[..., 2] == 0) & (strip[..., 0] >= 200)
+    columns = np.flatnonzero(heat.sum(axis=0) > 200)
+    assert len(columns) >= 8 and (np.diff(columns) == 1).all()
+    column = columns[len(columns) // 2]
+    rows = np.flatnonzero(heat[:, column])
+    assert len(rows) > 200 and (np.diff(rows) == 1).all()
+    upwards = strip[rows[::-1], column]  # from the bottom (vmin) to the top (vmax)
+    np.testing.assert_allclose(upwards, _expected_heat(len(rows)), atol=1)
+    # Monotonic from vmin to vmax: green falls from yellow to red, red never rises.
+    assert (np.diff(upwards[:, 1]) <= 0).all() and (np.diff(upwards[:, 0]) <= 0).all()
+    assert upwards[0, 1] > upwards[-1, 1] + 200
+    # Tick labels at the ends; the threshold 1.5 has its own label.
+    for label in ("0.5", "2", "image 1.5", "pixel 1.2"):
+        assert _contains(pixels[:256, 256:], _glyphs(label)), label
+
+
+def test_overlay_caption_shows_this_score_and_no_other(legend_overlay):
+    pixels, text = legend_overlay
+    caption = pixels[256:]  # the band under the overlay and the bar
+    assert 10 < caption.shape[0] < 40
+    assert _contains(caption, _glyphs("score 3.21 | ANOMALOUS | threshold 1.5"))
+    assert not _contains(caption, _glyphs("score 3.22 | ANOMALOUS | threshold 1.5"))
+    assert not _contains(caption, _glyphs("score 3.21 | normal | threshold 1.5"))
+    assert caption_text(3.21, threshold=1.5) == "score 3.21 | ANOMALOUS | threshold 1.5"
+    # The same facts in the PNG's text chunks.
+    assert (text["anomaly_score"], text["verdict"], text["image_threshold"],
+            text["pixel_threshold"]) == ("3.21", "anomalous", "1.5", "1.2")
+
+
+def test_a_score_at_the_threshold_is_normal_as_predict_decides(tmp_path):
+    path = save_overlay(tmp_path / "a.png", np.zeros((32, 32), dtype=np.uint8),
+                        np.zeros((32, 32)), vmin=0.5, vmax=1.0, score=1.0, threshold=1.0)
+    with Image.open(path) as png:
+        pixels, verdict = np.asarray(png.convert("RGB")), png.text["verdict"]
+    assert verdict == "normal" and png.size[0] == 256  # a caption, but no colour bar
+    assert _contains(pixels[256:], _glyphs("score 1 | normal | threshold 1"))
+
+
+def test_the_verdict_given_wins_and_the_caption_can_be_left_out(tmp_path):
+    image, amap = np.zeros((32, 32), dtype=np.uint8), np.zeros((32, 32))
+    facts = {"vmin": 0.5, "vmax": 2.0, "score": 1.0, "threshold": 1.5}
+    # The model's own label (say a tuned detector's) is shown even against score > threshold.
+    path = save_overlay(tmp_path / "a.png", image, amap, anomalous=True, **facts)
+    with Image.open(path) as png:
+        pixels, verdict = np.asarray(png.convert("RGB")), png.text["verdict"]
+    assert verdict == "anomalous"
+    assert _contains(pixels[256:], _glyphs("score 1 | ANOMALOUS | threshold 1.5"))
+    path = save_overlay(tmp_path / "b.png", image, amap, caption=False, **facts)
+    with Image.open(path) as png:
+        assert png.size == (256, 256) and png.text["verdict"] == "normal"
+
+
+def test_close_thresholds_both_keep_a_label(tmp_path):
+    path = save_overlay(tmp_path / "a.png", np.zeros((64, 64), dtype=np.uint8),
+                        np.zeros((64, 64)), vmin=0.5, vmax=2.0, colorbar=True,
+                        threshold=1.5, pixel_threshold=1.45)
+    with Image.open(path) as png:
+        strip = np.asarray(png.convert("RGB"))[:, 256:]
+    for label in ("image 1.5", "pixel 1.45", "0.5"):
+        assert _contains(strip, _glyphs(label)), label
+
+
+def test_unknown_map_pixels_are_hatched_and_the_rest_unchanged():
+    image = np.full((8, 8, 3), 200, dtype=np.uint8)
+    amap = np.random.RandomState(0).rand(8, 8) * 2
+    holes = amap.copy()
+    holes[:2] = np.nan
+    out = overlay_image(image, holes, vmin=0.5, vmax=1.5, scale=4)
+    reference = overlay_image(image, amap, vmin=0.5, vmax=1.5, scale=4)
+    np.testing.assert_array_equal(out[8:], reference[8:])
+    greys = {tuple(c) for c in np.rint(UNKNOWN_COLOURS * 255).astype(int)}
+    hatched = {tuple(p) for p in out[:8].reshape(-1, 3).tolist()}
+    assert hatched == greys  # both greys, nothing else: visibly neither image nor heat
+
+
+@pytest.mark.parametrize("with_truth", [False, True])
+def test_panel_has_one_tile_per_picture_and_the_predicted_mask_in_its_tile(tmp_path,
+                                                                          with_truth):
+    rng = np.random.RandomState(0)
+    image = rng.randint(0, 256, (40, 30, 3), dtype=np.uint8)
+    amap = rng.rand(40, 30) * 2
+    predicted = amap > 1.2
+    truth = np.zeros((40, 30), dtype=bool)
+    truth[5:15, 5:20] = True
+    path = save_panel(tmp_path / "p.png", image, amap, predicted,
+                      truth if with_truth else None, vmin=0.5, vmax=1.5, threshold=1.5)
+    with Image.open(path) as png:
+        pixels, text = np.asarray(png.convert("RGB")), dict(png.text)
+    scale = 9  # the short side 30 reaches 256
+    tile = 30 * scale
+    n = 4 if with_truth else 3
+    assert pixels.shape[1] == n * tile + (n - 1) * PANEL_GAP + COLORBAR_WIDTH
+    title = pixels.shape[0] - 40 * scale  # no score: no caption, only the titles on top
+    assert 10 < title < 30
+    left = 2 * tile + 2 * PANEL_GAP + COLORBAR_WIDTH
+    expected = np.kron(predicted, np.ones((scale, scale), dtype=int)) * 255
+    np.testing.assert_array_equal(pixels[title:, left:left + tile],
+                                  np.repeat(expected[..., None], 3, axis=-1))
+    np.testing.assert_array_equal(pixels[title:, :tile], image.repeat(9, 0).repeat(9, 1))
+    if with_truth:
+        start = left + tile + PANEL_GAP
+        truth_tile = np.kron(truth, np.ones((scale, scale), dtype=int)) * 255
+        np.testing.assert_array_equal(pixels[title:, start:, 0], truth_tile)
+    for name in ("image", "anomaly map", "predicted mask") + (("ground truth",) * with_truth):
+        assert _contains(pixels[:title], _glyphs(name)), name
+    assert text["image_threshold"] == "1.5" and "verdict" not in text
+
+
+def test_panel_refuses_pictures_of_different_sizes(tmp_path):
+    with pytest.raises(ValueError, match="does not match"):
+        save_panel(tmp_path / "p.png", np.zeros((8, 8), dtype=np.uint8), np.zeros((8, 8)),
+                   np.zeros((4, 4), dtype=bool), vmin=0, vmax=1)
+
+
+def test_operating_points_lie_on_the_curves():
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.RandomState(3)
+    labels = np.r_[np.zeros(30), np.ones(30)].astype(bool)
+    scores = rng.rand(60) + labels
+    threshold = 1.1
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    # sklearn flags scores >= its thresholds: the point for "> 1.1" is at the smallest
+    # threshold above 1.1.
+    k = np.flatnonzero(thresholds > threshold)[-1]
+    assert _roc_point(labels, scores, threshold) == pytest.approx((fpr[k], tpr[k]))
+    scored = _toy_set(rng)
+    fpr, pro, thresholds = metrics.pro_curve(scored.masks, scored.maps)
+    k = np.flatnonzero(thresholds > 0.9)[-1]
+    assert _pro_point(scored.masks, scored.maps, 0.9) == pytest.approx((fpr[k], pro[k]))
+
+
+def test_curve_plots_mark_operating_points(tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.RandomState(0)
+    sets = {"a": _toy_set(rng), "b": _toy_set(rng)}
+    paths = plot_curves(sets, tmp_path / "marked",
+                        thresholds={"a": {"image": 1.2, "pixel": 0.9}, "b": {"image": 1.3}})
+    plain = plot_curves(sets, tmp_path / "plain")
+    for marked, unmarked in zip(paths, plain):
+        with Image.open(marked) as png, Image.open(unmarked) as ref:
+            assert png.format == "PNG" and png.size == ref.size
+            assert not np.array_equal(np.asarray(png), np.asarray(ref))  # the marks drawn
