@@ -29,8 +29,11 @@ MODULE_ORDER = (
     "skpadim.spade",
     "skpadim.vae",
     "skpadim.scoring",
+    "skpadim.thresholds",
     "skpadim.metrics",
     "skpadim.model_selection",
+    "skpadim.inspection",
+    "skpadim.outputs",
     "skpadim.exceptions",
     "skpadim.cli",
 )

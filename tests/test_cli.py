@@ -109,12 +109,12 @@ def test_fit_score_evaluate_on_folder_layout(trees, tmp_path):
     assert [os.path.basename(r["path"]) for r in rows] == ["000.png", "001.png", "002.png"] * 2
     anomaly = np.array([float(r["anomaly_score"]) for r in rows])
     np.testing.assert_allclose([float(r["normality_score"]) for r in rows], -anomaly)
-    assert {r["prediction"] for r in rows} <= {"+1", "-1"}
+    assert {r["label"] for r in rows} <= {"1", "-1"}
     assert anomaly[:3].min() > anomaly[3:].max()  # the white squares stand out
     # Masks match by name inside the folder named like the image's: spot/ only.
-    assert [bool(r["mask"]) for r in rows] == [True] * 3 + [False] * 3
+    assert [bool(r["ground_truth"]) for r in rows] == [True] * 3 + [False] * 3
     for row in rows:
-        _assert_png(row["overlay"], size=(256, 256))  # 64 px upscaled to >= 256
+        _assert_png(row["overlay"])
 
     # The CLI's scores and predictions are the fitted pipeline's own.
     pipeline = load(model)
@@ -124,7 +124,7 @@ def test_fit_score_evaluate_on_folder_layout(trees, tmp_path):
         os.path.join(d, f"{i:03d}.png") for d in ("spot", "good") for i in range(3)]
     paths = [r["file"] for r in rows]
     np.testing.assert_allclose(-pipeline.score_samples(paths), anomaly, rtol=1e-5)
-    np.testing.assert_array_equal(pipeline.predict(paths), [int(r["prediction"]) for r in rows])
+    np.testing.assert_array_equal(pipeline.predict(paths), [int(r["label"]) for r in rows])
 
     out = tmp_path / "report"
     proc = skpadim("evaluate", model, root, "--out", out, "--overlays", 1, "--quiet")
@@ -160,13 +160,16 @@ def test_fit_and_evaluate_on_mvtec_layout_with_its_geometry(trees, tmp_path):
     _check_ok(proc)
     report = json.loads((out / "metrics.json").read_text())
     assert report["max_fpr"] == 0.1
-    assert report["info"]["geometry"] == "resize 256, crop 224"
+    assert report["info"]["geometry"].startswith("resize 256, crop 224")
     overall = report["sets"]["bottle"]["overall"]
     assert (overall["n_normal"], overall["n_anomalous"]) == (3, 3)
     assert all(0 <= overall[k] <= 1 for k in ("image_auroc", "pixel_auroc", "pro"))
-    # Overlays show the 224x224 crop the network saw, upscaled twice to reach 256.
+    # Overlays show the whole 64x64 image (the map brought back from the 224 crop of its
+    # 256 resize), upscaled to reach 256 px, beside a colour bar.
     for name in os.listdir(out / "overlays"):
-        _assert_png(out / "overlays" / name, size=(448, 448))
+        _assert_png(out / "overlays" / name)
+        with Image.open(out / "overlays" / name) as png:
+            assert png.size[1] >= 256
 
 
 def test_demo_quick_writes_report(tmp_path):
@@ -181,10 +184,16 @@ def test_demo_quick_writes_report(tmp_path):
     assert set(report["mean"]) == {"image_auroc", "pixel_auroc", "pro"}
     for name in ("metrics.md", "roc.png", "pro.png"):
         assert (out / name).is_file()
-    overlays = [os.path.join(d, f) for d, _, files in os.walk(out / "overlays") for f in files]
-    assert len(overlays) == 15  # per texture: 1 normal image and 1 per defect type
-    for path in overlays:
-        _assert_png(path, size=(256, 256))
+    for kind in ("overlays", "panels"):
+        pictures = [os.path.join(d, f) for d, _, files in os.walk(out / kind) for f in files]
+        assert len(pictures) == 15  # per texture: 1 normal image and 1 per defect type
+        for path in pictures:
+            _assert_png(path)
+            with Image.open(path) as png:  # 64 px upscaled to 256, a colour bar beside
+                assert png.size[1] >= 256 and png.size[0] > 256
+    rows = _read_csv(out / "scores.csv")
+    assert len(rows) == 3 * 8 and {r["texture"] for r in rows} == {"brick", "grass", "gravel"}
+    assert "| brick | image |" in proc.stdout and "| brick | pixel |" in proc.stdout
 
 
 def test_corrupt_image_is_a_data_error_naming_the_file(trees, tmp_path):
@@ -231,7 +240,8 @@ def test_unreadable_model_file_is_a_model_error(trees, tmp_path):
 
 
 # In-process from here: argument parsing needs no fresh interpreter.
-@pytest.mark.parametrize("command", ["fit", "score", "evaluate", "demo"])
+@pytest.mark.parametrize("command", ["fit", "score", "evaluate", "threshold", "export",
+                                     "demo"])
 def test_help_shows_an_example_and_the_exit_codes(command, capsys):
     assert main([command, "--help"]) == EXIT_OK
     out = capsys.readouterr().out
@@ -276,20 +286,31 @@ def test_fit_accepts_the_current_folder(trees, tmp_path, monkeypatch, capsys):
     assert main(["fit", ".", "--model", str(tmp_path / "m.safetensors"), *FAST_FIT]) == EXIT_OK
 
 
-def test_score_refuses_a_model_it_cannot_threshold(trees, tmp_path, capsys):
-    from skpadim import make_spade, save
+def test_score_takes_spade_and_refuses_what_is_no_detector(trees, tmp_path, capsys):
+    from sklearn.pipeline import make_pipeline
 
+    from skpadim import BackboneFeatures, RandomFeatureSelector, make_spade, save
+
+    good = sorted(map(str, (trees["folder"] / "good").iterdir()))
     spade = make_spade("efficientnet_lite0", weights=None, resize=64, crop=None,
-                       n_neighbors=2).fit(sorted(map(str, (trees["folder"] / "good").iterdir())))
+                       n_neighbors=2).fit(good)
     save(spade, tmp_path / "spade.safetensors")
     code = main(["score", str(tmp_path / "spade.safetensors"), str(trees["folder"] / "good"),
+                 "--out", str(tmp_path / "out"), "--no-panels", "--quiet"])
+    assert code == EXIT_OK, capsys.readouterr().err
+    features = make_pipeline(BackboneFeatures("efficientnet_lite0", weights=None, resize=64,
+                                              crop=None),
+                             RandomFeatureSelector(n_features=4, random_state=0)).fit(good)
+    save(features, tmp_path / "features.safetensors")
+    code = main(["score", str(tmp_path / "features.safetensors"), str(trees["folder"] / "good"),
                  "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == EXIT_MODEL_FILE and "SPADE" in err and "not a fitted PaDiM pipeline" in err
+    assert code == EXIT_MODEL_FILE and "RandomFeatureSelector" in err
+    assert "not a fitted PaDiM, SPADE or VAE model" in err
 
 
 def test_masks_pair_with_images_of_their_own_defect_only(tmp_path):
-    from skpadim.cli import _match_masks
+    from skpadim.datasets import match_masks as _match_masks
 
     for folder, name in [("test/good", "000.png"), ("test/crack", "000.png"),
                          ("ground_truth/crack", "000_mask.png")]:

@@ -209,9 +209,9 @@ def test_score_walks_the_tree_and_mirrors_it_in_the_overlays(tmp_path, capsys):
 def test_help_and_version_do_not_import_torch():
     code = ("import sys, contextlib, io\n"
             "import skpadim.cli as c\n"
+            "commands = ['fit', 'score', 'evaluate', 'threshold', 'export', 'demo']\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    for argv in (['--help'], ['--version'], ['fit', '--help'],\n"
-            "                 ['score', '--help']):\n"
+            "    for argv in [['--help'], ['--version']] + [[c, '--help'] for c in commands]:\n"
             "        assert c.main(argv) == 0\n"
             "print('torch' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

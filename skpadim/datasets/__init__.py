@@ -8,8 +8,9 @@ of paths, which skpadim's estimators accept, and ground-truth masks as reference
 - :func:`load_stc`: ShanghaiTech Campus, as video frames.
 - :func:`load_folder`: your own images in a simple layout.
 - :func:`load_folder_layout`: your own images in folders you name (anomalib's ``Folder``).
+- :func:`load_dataset`: any of these layouts, told from the folder's contents.
 - :func:`find_images` and :func:`output_names`: the images of folder trees, to score, and
-  output names that mirror the trees.
+  output names that mirror the trees; :func:`match_masks`: their masks, by name.
 - :func:`make_rd_mvtec`: randomly rotated and shifted copies of images and masks (the PaDiM
   paper's Rd-MVTec AD).
 - :func:`make_texture_defects` and :func:`load_demo`: a demo set that needs no download, from
@@ -19,8 +20,9 @@ Labels follow one convention everywhere: 1 = anomalous, 0 = normal.
 """
 
 from ._defects import DEFECT_TYPES
-from ._files import find_images, output_names
+from ._files import find_images, match_masks, output_names
 from ._folder import load_folder, load_folder_layout
+from ._layout import LAYOUTS, load_dataset
 from ._masks import read_masks
 from ._mvtec import MVTEC_CATEGORIES, MVTEC_OBJECTS, MVTEC_TEXTURES, load_mvtec
 from ._rd_mvtec import make_rd_mvtec
@@ -32,8 +34,10 @@ __all__ = [
     "load_stc",
     "load_folder",
     "load_folder_layout",
+    "load_dataset",
     "find_images",
     "output_names",
+    "match_masks",
     "read_masks",
     "make_rd_mvtec",
     "make_texture_defects",
@@ -43,4 +47,5 @@ __all__ = [
     "MVTEC_OBJECTS",
     "DEMO_TEXTURES",
     "DEFECT_TYPES",
+    "LAYOUTS",
 ]

@@ -1,11 +1,11 @@
-"""Finding the images to score: files named, and folder trees walked."""
+"""Finding the images to score (files named, folder trees walked) and their masks."""
 
 import os
 
 from ..exceptions import DatasetError
 from ._base import IMAGE_EXTENSIONS, _entries
 
-__all__ = ["find_images", "output_names"]
+__all__ = ["find_images", "output_names", "match_masks"]
 
 
 def find_images(targets, recursive=True):
@@ -157,3 +157,95 @@ def output_names(names, extension=".png"):
         used.add(out.lower())
         outputs.append(out)
     return outputs
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _folder_name(path):
+    return os.path.basename(os.path.dirname(os.path.abspath(path)))
+
+
+def match_masks(images, targets, suffixes=("_mask", "")):
+    """Each image's ground-truth mask among ``targets`` (files or folders), by name.
+
+    Mask ``<stem><suffix>.<ext>`` (any image extension), for the first of ``suffixes``
+    found (by default ``<stem>_mask.png``, then ``<stem>.png``), belongs to image
+    ``<stem>.<ext>``. When some image's folder has a namesake among the masks' folders (MVTec
+    AD's ``test/<defect>`` and ``ground_truth/<defect>``, where file names repeat across
+    defect types), a mask must also sit in the folder named like its image's folder. Images
+    in a folder named ``good`` are normal in every layout skpadim reads, and get no mask.
+    Mask folders are searched at any depth, as :func:`find_images` does.
+
+    Parameters
+    ----------
+    images : sequence of str
+        The image paths, such as :func:`find_images` returns.
+    targets : str, path-like, or sequence of them
+        Mask files and folders.
+    suffixes : sequence of str, default=("_mask", "")
+        What a mask's stem adds to its image's, tried in order (``skpadim score
+        --mask-suffix``).
+
+    Returns
+    -------
+    masks : list of str or None
+        For each image, its mask's path, or None when it has none.
+    unmatched : list of str
+        The masks that belong to no image, sorted.
+
+    Raises
+    ------
+    DatasetError
+        If two masks would belong to the same image, one mask to two images (same stem
+        in different folders, and no mask folder named like theirs), or a target is
+        missing.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from skpadim.datasets import match_masks
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> for name in ["test/good/000.png", "test/crack/000.png", "ground_truth/crack/000_mask.png",
+    ...              "ground_truth/crack/001_mask.png"]:
+    ...     Path(tmp.name, name).parent.mkdir(parents=True, exist_ok=True)
+    ...     Image.new("L", (8, 8)).save(Path(tmp.name, name))
+    >>> images = [str(Path(tmp.name, "test", d, "000.png")) for d in ("good", "crack")]
+    >>> masks, unmatched = match_masks(images, Path(tmp.name, "ground_truth"))
+    >>> [m and Path(m).name for m in masks], [Path(m).name for m in unmatched]
+    ([None, '000_mask.png'], ['001_mask.png'])
+    >>> tmp.cleanup()
+    """
+    masks = find_images(targets)[0]
+    mask_folders = {_folder_name(m) for m in masks}
+    by_folder = any(_folder_name(image) in mask_folders for image in images)
+    index = {}
+    for mask in masks:
+        key = (_folder_name(mask) if by_folder else None, _stem(mask))
+        if key in index:
+            raise DatasetError(f"masks {index[key]!r} and {mask!r} have the same name; "
+                               "pass the mask folder of one defect type at a time")
+        index[key] = mask
+    out, owner = [], {}
+    for image in images:
+        folder = _folder_name(image) if by_folder else None
+        stem = _stem(image)
+        found = None
+        if _folder_name(image) != "good":
+            found = next((index[(folder, stem + suffix)] for suffix in suffixes
+                          if (folder, stem + suffix) in index), None)
+        if found is not None and found in owner:
+            raise DatasetError(
+                f"mask {found!r} would belong to both {owner[found]!r} and {image!r}: their "
+                "names are the same and no mask folder is named like their folders; pass "
+                "the images and masks of one folder at a time, or put each folder's masks in "
+                "a folder of the same name"
+            )
+        if found is not None:
+            owner[found] = image
+        out.append(found)
+    unmatched = sorted(set(masks) - set(owner))
+    return out, unmatched
