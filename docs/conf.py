@@ -3,7 +3,8 @@
 Build with ``python -m sphinx -W --keep-going -b html docs docs/_build/html``. The build
 needs no network: cross-references to other projects come from inventories kept in
 ``docs/_intersphinx/`` (see the README there), and the examples use data and weights that
-install with the ``docs`` extra.
+install with the ``docs`` extra. Nor does reading it: MathJax is served from the build
+(``sphinx-mathjax-offline``), so formulas render offline.
 """
 
 import re
@@ -36,13 +37,21 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    # Bundles MathJax 3 and copies it into _static/mathjax/ at the end of the build, so
+    # formulas render without the CDN that sphinx.ext.mathjax loads by default.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
 ]
+# The bundled copy (the extension sets this too; said here so that it cannot silently fall
+# back to the CDN). docs/_check_offline.py checks the built pages load it.
+mathjax_path = "mathjax/tex-chtml.js"
 templates_path = ["_templates"]
 # examples/ holds the gallery's sources; sphinx-gallery turns them into auto_examples/.
-exclude_patterns = ["_build", "_intersphinx", "_templates", "examples", "**/README.rst"]
+# sg_execution_times.rst: left by builds that wrote computation times (see below).
+exclude_patterns = ["_build", "_intersphinx", "_templates", "examples", "**/README.rst",
+                    "sg_execution_times.rst"]
 root_doc = "index"
 add_module_names = False
 pygments_style = "sphinx"
@@ -162,6 +171,9 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "min_reported_time": 1,
     "download_all_examples": False,
+    # Its timing pages load jQuery and DataTables from CDNs, so they would not display
+    # offline (docs/_check_offline.py fails on them); the build log still shows the times.
+    "write_computation_times": False,
 }
 
 # -- HTML -------------------------------------------------------------------------------

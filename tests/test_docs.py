@@ -82,3 +82,52 @@ def test_public_classes_and_functions_have_examples(apigen):
             if section is None or ">>> " not in doc[section.end():]:
                 lacking.append(f"{module.__name__}.{name}")
     assert not lacking, f"no Examples section with a doctest: {sorted(set(lacking))}"
+
+
+@pytest.fixture(scope="module")
+def check_offline():
+    sys.path.insert(0, str(DOCS))
+    try:
+        yield importlib.import_module("_check_offline")
+    finally:
+        sys.path.remove(str(DOCS))
+
+
+def _page(folder, name, head, body=""):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<html><head>{head}</head><body>{body}</body></html>", encoding="utf-8")
+
+
+MATH = '<span class="math notranslate nohighlight">\\(x\\)</span>'
+
+
+def test_offline_check_accepts_pages_with_local_mathjax(check_offline, tmp_path):
+    (tmp_path / "_static" / "mathjax").mkdir(parents=True)
+    (tmp_path / "_static" / "mathjax" / "tex-chtml.js").write_text("")
+    _page(tmp_path, "guide/padim.html",
+          '<script src="../_static/mathjax/tex-chtml.js"></script>', MATH)
+    _page(tmp_path, "index.html", '<link rel="stylesheet" href="_static/theme.css">')
+    assert check_offline.problems(tmp_path) == []
+
+
+@pytest.mark.parametrize("source", ["https://cdn.jsdelivr.net/npm/mathjax@4/tex-mml-chtml.js",
+                                    "//cdn.example.org/x.js", "HTTP://example.org/x.js"])
+def test_offline_check_flags_scripts_from_the_network(check_offline, tmp_path, source):
+    _page(tmp_path, "index.html", f'<script src="{source}"></script>', MATH)
+    found = check_offline.problems(tmp_path)
+    assert any(source in line for line in found)
+    assert any("loads no MathJax file that is in the build" in line for line in found)
+
+
+def test_offline_check_flags_a_missing_local_mathjax(check_offline, tmp_path):
+    _page(tmp_path, "index.html", '<script src="_static/mathjax/tex-chtml.js"></script>', MATH)
+    assert check_offline.problems(tmp_path) == [
+        "index.html: has formulas but loads no MathJax file that is in the build "
+        "(MathJax addresses: ['_static/mathjax/tex-chtml.js'])"
+    ]
+
+
+def test_offline_check_refuses_a_build_without_formulas(check_offline, tmp_path):
+    _page(tmp_path, "index.html", '<script src="_static/doctools.js"></script>')
+    assert [line for line in check_offline.problems(tmp_path) if "no page" in line]
