@@ -19,10 +19,12 @@ __all__ = ["DEMO_CONFIG", "QUICK_CONFIG", "run_demo"]
 #: most, more training crops or channels add little (``benchmarks/demo_settings.py``).
 #: 120 test images give each defect type 15 images, so its metrics are not a coin toss.
 #: Images are used as they are made (no resize, no crop), so maps and masks share the
-#: images' pixels.
-DEMO_CONFIG = {"size": 224, "n_train": 150, "n_test": 120, "n_features": 100}
+#: images' pixels. ``n_validation`` labelled images, other crops and defects of the test
+#: images' half of the photo, tune the thresholds (0: keep the contamination rule).
+DEMO_CONFIG = {"size": 224, "n_train": 150, "n_test": 120, "n_features": 100,
+               "n_validation": 60}
 #: A tiny version that checks the whole path in seconds (tests, CI); its metrics mean little.
-QUICK_CONFIG = {"size": 64, "n_train": 10, "n_test": 8, "n_features": 50}
+QUICK_CONFIG = {"size": 64, "n_train": 10, "n_test": 8, "n_features": 50, "n_validation": 8}
 
 BACKBONE = "efficientnet_lite0"
 
@@ -34,7 +36,9 @@ def run_demo(out_dir="skpadim-demo-report", quick=False, *,
 
     The folder receives ``metrics.json`` and ``metrics.md`` (image AUROC, pixel AUROC and PRO
     per texture and defect type, and their means over textures; precision, recall, F1 and
-    the confusion matrix at each model's thresholds), ``roc.png`` and ``pro.png`` (operating
+    the confusion matrix at each model's thresholds, which
+    :func:`skpadim.thresholds.tune_thresholds` sets on ``n_validation`` labelled validation
+    images per texture), ``roc.png`` and ``pro.png`` (operating
     points marked), ``scores.csv`` and ``scores.jsonl`` (every test image's score, label and
     verdict), and, for each texture, of the highest-scoring normal image and the
     highest-scoring image of each defect type: ``overlays/<texture>/*.png``, the anomaly map
@@ -51,8 +55,9 @@ def run_demo(out_dir="skpadim-demo-report", quick=False, *,
     textures : sequence of str, default=("brick", "grass", "gravel")
         The demo textures to run.
     config : dict or None, default=None
-        Sizes to use instead of those ``quick`` selects: ``size``, ``n_train``, ``n_test``
-        and ``n_features``, as in :data:`DEMO_CONFIG`.
+        Sizes to use instead of those ``quick`` selects: ``size``, ``n_train``, ``n_test``,
+        ``n_features`` and optionally ``n_validation`` (default 0), as in
+        :data:`DEMO_CONFIG`.
     overlays_per_type : int, default=1
         Overlays per defect type (and of normal images) and texture.
     device : str, default="auto"
@@ -62,7 +67,8 @@ def run_demo(out_dir="skpadim-demo-report", quick=False, *,
     verbose : bool, default=True
         Show a progress bar over the textures.
     random_state : int, default=0
-        Seeds the data set and the channel draw.
+        Seeds the data set and the channel draw; the validation images are the test images
+        of the data set of ``random_state + 1``.
 
     Returns
     -------
@@ -85,11 +91,15 @@ def run_demo(out_dir="skpadim-demo-report", quick=False, *,
     from .outputs import ResultsWriter
     from .pipeline import fit_in_batches, inspect_images, make_padim
     from .report import ScoredSet, write_report
+    from .thresholds import tune_thresholds
 
     config = dict(config) if config is not None else QUICK_CONFIG if quick else DEMO_CONFIG
     out_dir = os.fspath(out_dir)
     data = load_demo(textures, random_state=random_state, size=config["size"],
                      n_train=config["n_train"], n_test=config["n_test"])
+    n_validation = config.get("n_validation", 0)
+    validation = (load_demo(textures, random_state=random_state + 1, size=config["size"],
+                            n_train=1, n_test=n_validation) if n_validation else None)
     sets, models, thresholds = {}, {}, {}
     # One row per test image of every texture; the file is replaced when the demo ends.
     with ResultsWriter(out_dir, columns=_COLUMNS) as writer:
@@ -99,6 +109,13 @@ def run_demo(out_dir="skpadim-demo-report", quick=False, *,
                                batch_size=batch_size, device=device,
                                random_state=random_state)
             fit_in_batches(model, bunch.train_images, batch_size=batch_size)
+            if validation is not None:
+                # The training crops come from the other half of the photo: the
+                # contamination rule, fitted on them, flags most new normal crops.
+                # Labelled validation crops from the test half set the operating point.
+                held_out = validation[texture]
+                tune_thresholds(model, held_out.test_images, held_out.test_labels,
+                                held_out.test_masks, batch_size=batch_size)
             result = inspect_images(model, bunch.test_images, batch_size=batch_size)
             scored = ScoredSet(bunch.test_labels, result.anomaly_scores,
                                bunch.test_defect_types, result.maps, bunch.test_masks)
@@ -121,6 +138,8 @@ def run_demo(out_dir="skpadim-demo-report", quick=False, *,
                  f"{config['size']}x{config['size']} per texture"),
         "model": f"PaDiM, {BACKBONE} backbone (ImageNet weights), "
                  f"{config['n_features']} random channels, one model per texture",
+        "thresholds": (f"F1-optimal on {n_validation} labelled validation images per texture"
+                       if n_validation else "contamination 0.01 of the training images"),
     }
     report = write_report(out_dir, sets, info=info, thresholds=thresholds)
     return Bunch(report=report, sets=sets, models=models, out_dir=out_dir)
