@@ -58,9 +58,12 @@ def verdict(score, threshold):
     A detector predicts -1 (anomalous) when ``decision_function`` is negative, i.e. when the
     anomaly score exceeds ``-offset_``; a score exactly at the threshold is normal.
 
+    A NumPy score is compared in its own float type, the threshold rounded to it, as the
+    detectors compare their float32 scores: the verdict is then always ``predict``'s.
+
     Parameters
     ----------
-    score : float
+    score : float or numpy floating
         An image's anomaly score (higher = more anomalous).
     threshold : float
         The image threshold, ``-offset_`` of the detector.
@@ -71,10 +74,15 @@ def verdict(score, threshold):
 
     Examples
     --------
+    >>> import numpy as np
     >>> from skpadim.outputs import verdict
     >>> verdict(2.5, 2.0), verdict(2.0, 2.0)
     ('anomalous', 'normal')
+    >>> verdict(np.float32(1.0), 0.99999999)     # the threshold is 1.0 in float32
+    'normal'
     """
+    if isinstance(score, np.floating):
+        return "anomalous" if score > score.dtype.type(threshold) else "normal"
     return "anomalous" if float(score) > float(threshold) else "normal"
 
 

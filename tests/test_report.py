@@ -405,3 +405,17 @@ def test_curve_plots_mark_operating_points(tmp_path):
         with Image.open(marked) as png, Image.open(unmarked) as ref:
             assert png.format == "PNG" and png.size == ref.size
             assert not np.array_equal(np.asarray(png), np.asarray(ref))  # the marks drawn
+
+
+def test_colour_bar_leaves_out_an_image_threshold_in_other_units(tmp_path):
+    # SPADE's image score is not a map value: its threshold has no place on the map's bar,
+    # but the caption still states it.
+    image, amap = np.full((64, 64, 3), 90, dtype=np.uint8), np.zeros((64, 64))
+    path = save_overlay(tmp_path / "spade.png", image, amap, vmin=0.5, vmax=2.0,
+                        colorbar=True, score=3.21, threshold=1.5, pixel_threshold=1.2,
+                        mark_image_threshold=False)
+    with Image.open(path) as png:
+        pixels = np.asarray(png.convert("RGB"))
+    assert _contains(pixels[:256, 256:], _glyphs("pixel 1.2"))
+    assert not _contains(pixels[:256, 256:], _glyphs("image 1.5"))
+    assert _contains(pixels[256:], _glyphs("score 3.21 | ANOMALOUS | threshold 1.5"))
