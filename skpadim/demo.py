@@ -160,8 +160,7 @@ def _write_pictures(out_dir, texture, bunch, scored, labels, model, per_type):
     for rank, i in enumerate(select_for_overlays(scored, per_type)):
         defect = scored.defect_types[i]
         name = os.path.join(texture, f"{rank:02d}_{defect}_test{i:03d}.png")
-        text = {"texture": texture, "test_index": i, "defect_type": defect,
-                "anomaly_score": f"{scored.scores[i]:.6g}"}
+        text = {"texture": texture, "test_index": i, "defect_type": defect}
         verdict = {"score": scored.scores[i], "anomalous": bool(labels[i] == -1)}
         save_overlay(os.path.join(out_dir, "overlays", name), bunch.test_images[i],
                      scored.maps[i], scored.masks[i], vmin=vmin, vmax=vmax, text=text,

@@ -473,14 +473,9 @@ def resize_and_crop(images, resize=None, crop=None, interpolation="bicubic"):
         )
     resize, crop = _pair(resize, "resize"), _pair(crop, "crop")
     if resize is not None and tuple(images.shape[-2:]) != resize:
-        if interpolation == "nearest":
-            images = F.interpolate(images, size=resize, mode="nearest-exact")
-        else:
-            images = F.interpolate(
-                images, size=resize, mode=interpolation, align_corners=False, antialias=True
-            )
-            if interpolation == "bicubic":
-                images = images.clamp_(0, 1)
+        images = _resample(images, resize, interpolation)
+        if interpolation == "bicubic":  # its overshoot leaves [0, 1]
+            images = images.clamp_(0, 1)
     if crop is not None:
         h, w = images.shape[-2:]
         ch, cw = crop
@@ -489,7 +484,7 @@ def resize_and_crop(images, resize=None, crop=None, interpolation="bicubic"):
                 f"crop {crop} is larger than the (resized) image {(h, w)}; lower crop or raise "
                 "resize"
             )
-        top, left = (h - ch) // 2, (w - cw) // 2
+        top, left = _center_crop_offset((h, w), crop)
         images = images[..., top : top + ch, left : left + cw]
     return images
 
@@ -591,14 +586,16 @@ def image_sizes(X):
 
 
 def _center_crop_offset(size, crop):
-    """Top-left corner of the center crop: the rule :func:`resize_and_crop` crops by."""
+    """Top-left corner of the center crop of ``crop`` in ``size``: where
+    :func:`resize_and_crop` crops, and :func:`restore_geometry` puts maps back."""
     (h, w), (ch, cw) = size, crop
     return (h - ch) // 2, (w - cw) // 2
 
 
 def _resample(t, size, interpolation):
-    """``t`` (n, c, h, w) resampled to ``size`` with :func:`resize_and_crop`'s filters,
-    unclipped: anomaly maps are not confined to [0, 1]."""
+    """``t`` (n, c, h, w) resampled to ``size``, antialiased when shrinking (bilinear and
+    bicubic, like PIL); unclipped: :func:`resize_and_crop` clips images to [0, 1] itself,
+    and anomaly maps are not confined to it."""
     if tuple(t.shape[-2:]) == tuple(size):
         return t
     if interpolation == "nearest":

@@ -179,7 +179,8 @@ def open_data(args):
     """The data set of ``args.data`` in its layout (:func:`skpadim.datasets.load_dataset`)."""
     from ..datasets import load_dataset
 
-    folders = {k: getattr(args, k) for k in FOLDER_OPTIONS if getattr(args, k) is not None}
+    # Options not given are None, which load_dataset ignores.
+    folders = {k: getattr(args, k) for k in FOLDER_OPTIONS}
     return load_dataset(args.data, args.format, category=args.category,
                         frame_step=args.frame_step, **folders)
 

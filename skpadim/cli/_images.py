@@ -59,8 +59,7 @@ class ImageOutputs:
             facts = {"score": result.anomaly_score, "threshold": self.image_threshold,
                      "anomalous": result.label == -1,
                      "mark_image_threshold": self.mark_image_threshold}
-            text = {"source": result.path, "anomaly_score": f"{result.anomaly_score:.6g}",
-                    "label": result.label}
+            text = {"source": result.path, "label": result.label}
             if normalized_score is not None:
                 text["normalized_score"] = f"{normalized_score:.6g}"
             if self.overlays:

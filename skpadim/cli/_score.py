@@ -7,7 +7,6 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     Failure,
-    final_step,
     formatter,
     open_model,
     thresholds_line,
@@ -93,18 +92,21 @@ def run(args, log):
                  + (f"; {len(unmatched)} masks belong to no image given, e.g. "
                     f"{unmatched[0]!r}" if unmatched else ""))
         for image, mask in zip(paths, masks):  # before any output is written
-            if mask is not None and image_size(mask) != image_size(image):
-                raise DatasetError(f"mask {mask!r} is {image_size(mask)} pixels (H, W) but "
-                                   f"its image {image!r} is {image_size(image)}")
+            if mask is None:
+                continue
+            mask_size, size = image_size(mask), image_size(image)
+            if mask_size != size:
+                raise DatasetError(f"mask {mask!r} is {mask_size} pixels (H, W) but its "
+                                   f"image {image!r} is {size}")
     log.info(thresholds_line(model))
-    if args.normalize and not final_step(model).image_threshold_ > 0:
-        raise Failure(EXIT_USAGE, "--normalize needs a positive image threshold (scores are "
-                                  f"divided by score + threshold), got "
-                                  f"{final_step(model).image_threshold_:g}; pass a positive "
-                                  "--threshold, or drop --normalize")
     outputs = ImageOutputs(args.out, model, maps=args.maps, masks=not args.no_masks,
                            overlays=not args.no_overlays, panels=not args.no_panels)
-    names = [n[: -len(".png")] for n in output_names(keys, ".png")]
+    if args.normalize and not outputs.image_threshold > 0:
+        raise Failure(EXIT_USAGE, "--normalize needs a positive image threshold (scores are "
+                                  f"divided by score + threshold), got "
+                                  f"{outputs.image_threshold:g}; pass a positive "
+                                  "--threshold, or drop --normalize")
+    names = output_names(keys, extension="")  # each kind of file adds its own
     os.makedirs(args.out, exist_ok=True)
     n_anomalous = 0
     with log.progress(total=len(paths), desc="score", unit="img") as bar, \

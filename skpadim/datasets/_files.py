@@ -3,7 +3,7 @@
 import os
 
 from ..exceptions import DatasetError
-from ._base import IMAGE_EXTENSIONS, _entries
+from ._base import IMAGE_EXTENSIONS, _entries, _stem
 
 __all__ = ["find_images", "output_names", "match_masks"]
 
@@ -157,10 +157,6 @@ def output_names(names, extension=".png"):
         used.add(out.lower())
         outputs.append(out)
     return outputs
-
-
-def _stem(path):
-    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _folder_name(path):

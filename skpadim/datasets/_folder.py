@@ -229,8 +229,10 @@ def load_folder_layout(root, normal_dir, abnormal_dir=None, mask_dir=None,
     )
 
 
+# The command line's flag for each option of load_folder_layout, for messages.
 _FLAGS = {"normal_dir": "--normal-dir", "abnormal_dir": "--abnormal-dir",
-          "mask_dir": "--mask-dir", "normal_test_dir": "--normal-test-dir"}
+          "mask_dir": "--mask-dir", "normal_test_dir": "--normal-test-dir",
+          "mask_suffix": "--mask-suffix"}
 
 
 def _under(root, folder, name):

@@ -4,6 +4,7 @@ import os
 
 from ..exceptions import ConfigurationError, DatasetError
 from ._base import list_dirs, list_images
+from ._folder import _FLAGS as _FOLDER_FLAGS
 from ._folder import load_folder, load_folder_layout
 from ._mvtec import load_mvtec
 from ._stc import load_stc
@@ -12,11 +13,6 @@ __all__ = ["load_dataset", "LAYOUTS"]
 
 #: The layouts :func:`load_dataset` reads, as its ``layout`` argument names them.
 LAYOUTS = ("mvtec", "stc", "folder", "anomalib-folder")
-
-# The command line's flag for each option of load_folder_layout, for messages.
-_FOLDER_FLAGS = {"normal_dir": "--normal-dir", "abnormal_dir": "--abnormal-dir",
-                 "normal_test_dir": "--normal-test-dir", "mask_dir": "--mask-dir",
-                 "mask_suffix": "--mask-suffix"}
 
 
 def load_dataset(path, layout="auto", *, category=None, frame_step=1, **folders):
