@@ -16,38 +16,31 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# The public names and the submodule each lives in. They are imported on first use (PEP 562),
+from . import _moved
+from ._lazy import attach
+
+# 0.1.0's module paths (skpadim.gaussian, skpadim.metrics, ...) stay importable.
+_moved.install()
+
+# The public names and the module each lives in. They are imported on first use (PEP 562),
 # so that ``import skpadim`` and ``skpadim --help`` do not pay for importing torch.
-_EXPORTS = {
-    "BackboneFeatures": "features",
-    "RandomFeatureSelector": "selection",
-    "PatchGaussian": "gaussian",
-    "PatchPCA": "decomposition",
-    "SPADE": "spade",
-    "VAE": "vae",
-    "NormalOnlyKFold": "model_selection",
-    "make_padim": "pipeline",
-    "make_spade": "spade",
-    "save": "persistence",
-    "load": "persistence",
-    "anomaly_maps": "pipeline",
-    "fit_in_batches": "pipeline",
-    "export_onnx": "export",
-    "inspect_images": "pipeline",
-    "iter_inspect_images": "pipeline",
-    "StreamingPipeline": "pipeline",
-    "Inspection": "pipeline",
-    "PAPER_CONFIGS": "pipeline",
-    "PRESETS": "pipeline",
-}
+_getattr, __dir__, __all__ = attach(__name__, {
+    ".features": ["BackboneFeatures", "RandomFeatureSelector", "PatchPCA"],
+    ".detectors": ["PatchGaussian", "SPADE", "VAE"],
+    ".evaluation": ["NormalOnlyKFold"],
+    ".pipeline": ["make_padim", "anomaly_maps", "fit_in_batches", "inspect_images",
+                  "iter_inspect_images", "StreamingPipeline", "Inspection", "PAPER_CONFIGS",
+                  "PRESETS"],
+    ".detectors._spade": ["make_spade"],
+    ".io": ["save", "load", "export_onnx"],
+})
 
 if TYPE_CHECKING:  # what static tools and IDEs see
-    from .decomposition import PatchPCA
-    from .export import export_onnx
-    from .features import BackboneFeatures
-    from .gaussian import PatchGaussian
-    from .model_selection import NormalOnlyKFold
-    from .persistence import load, save
+    from .detectors import SPADE, VAE, PatchGaussian
+    from .detectors._spade import make_spade
+    from .evaluation import NormalOnlyKFold
+    from .features import BackboneFeatures, PatchPCA, RandomFeatureSelector
+    from .io import export_onnx, load, save
     from .pipeline import (
         PAPER_CONFIGS,
         PRESETS,
@@ -59,45 +52,13 @@ if TYPE_CHECKING:  # what static tools and IDEs see
         iter_inspect_images,
         make_padim,
     )
-    from .selection import RandomFeatureSelector
-    from .spade import SPADE, make_spade
-    from .vae import VAE
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
-        value = importlib.import_module(f".{name}", __name__)  # skpadim.metrics, ...
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value  # once imported, a plain attribute
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
-
-
-__all__ = [
-    "BackboneFeatures",
-    "RandomFeatureSelector",
-    "PatchGaussian",
-    "PatchPCA",
-    "SPADE",
-    "VAE",
-    "NormalOnlyKFold",
-    "make_padim",
-    "make_spade",
-    "save",
-    "load",
-    "anomaly_maps",
-    "fit_in_batches",
-    "export_onnx",
-    "inspect_images",
-    "iter_inspect_images",
-    "StreamingPipeline",
-    "Inspection",
-    "PAPER_CONFIGS",
-    "PRESETS",
-]
+    """A public name, or a submodule (``skpadim.metrics``...) on first use."""
+    if not name.startswith("_") and name not in __all__ and importlib.util.find_spec(
+            f"{__name__}.{name}"):
+        value = importlib.import_module(f".{name}", __name__)
+        globals()[name] = value  # once imported, a plain attribute
+        return value
+    return _getattr(name)

@@ -39,12 +39,12 @@ import torch
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
-from ._atomic import atomic_write
+from .io._atomic import atomic_write
 from ._torch import resolve_device
 from .exceptions import ConfigurationError, InvalidImageError
-from .gaussian import PatchGaussian, PatchMoments
+from .detectors._gaussian import PatchGaussian, PatchMoments
 from .pipeline import _fit_transformers, _image_slices, _split, _transform, iter_inspect_images
-from .spade import SPADE
+from .detectors._spade import SPADE
 
 __all__ = ["fit", "score", "Scores"]
 

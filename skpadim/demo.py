@@ -88,10 +88,10 @@ def run_demo(out_dir="skpadim-demo-report", quick=False, *,
     from tqdm.auto import tqdm
 
     from .datasets import load_demo
-    from .outputs import ResultsWriter
+    from .io._outputs import ResultsWriter
     from .pipeline import fit_in_batches, inspect_images, make_padim
-    from .report import ScoredSet, write_report
-    from .thresholds import tune_thresholds
+    from .evaluation._report import ScoredSet, write_report
+    from .evaluation._thresholds import tune_thresholds
 
     config = dict(config) if config is not None else QUICK_CONFIG if quick else DEMO_CONFIG
     out_dir = os.fspath(out_dir)
@@ -151,7 +151,7 @@ _COLUMNS = ("path", "texture", "defect_type", "true_label", "anomaly_score", "la
 
 def _write_pictures(out_dir, texture, bunch, scored, labels, model, per_type):
     """Overlays and image | map | mask | ground truth panels of the images worth a look."""
-    from .report import heat_range, save_overlay, save_panel, select_for_overlays
+    from .evaluation._report import heat_range, save_overlay, save_panel, select_for_overlays
 
     vmin, vmax = heat_range(model)
     detector = model[-1]

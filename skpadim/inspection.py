@@ -59,10 +59,10 @@ def detector_method(model):
     >>> detector_method("not a model") is None
     True
     """
-    from .features import BackboneFeatures
-    from .gaussian import PatchGaussian
-    from .spade import SPADE
-    from .vae import VAE
+    from .features._extraction import BackboneFeatures
+    from .detectors._gaussian import PatchGaussian
+    from .detectors._spade import SPADE
+    from .detectors._vae import VAE
 
     if isinstance(model, VAE):
         return "vae"
@@ -146,7 +146,7 @@ def open_model(path, *, allow_pickle=False, device=None, method=None):
     ...
     skpadim.exceptions.ModelFileError: model file '...' holds a PaDiM model, not a VAE one...
     """
-    from .persistence import load
+    from .io._persistence import load
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -187,7 +187,7 @@ def _probe(model, path):
     """Score one blank image now: a model that lacks something this skpadim needs fails
     here, as a model-file error, not half-way through a folder."""
     from . import __version__
-    from .persistence import _file_versions
+    from .io._persistence import _file_versions
     from .pipeline import anomaly_maps
 
     size = model_geometry(model)["input_size"]
@@ -231,7 +231,7 @@ def model_geometry(model):
     >>> model_geometry(VAE())["crop"]
     256
     """
-    from .preprocessing import _pair
+    from .features._preprocessing import _pair
 
     first = model.steps[0][1] if hasattr(model, "steps") else model
     # Images of the size the network sees are accepted whatever the resize; without resize
@@ -324,7 +324,7 @@ def iter_inspect_files(model, paths, *, batch_size=32, geometry="image", fill="n
     (True, True)
     """
     from .pipeline import iter_inspect_images
-    from .preprocessing import image_sizes, restore_geometry
+    from .features._preprocessing import image_sizes, restore_geometry
 
     if geometry not in ("image", "model"):
         raise SkpadimError(f"geometry must be 'image' or 'model', got {geometry!r}")
@@ -389,7 +389,7 @@ class ModelMasks:
 
     def __getitem__(self, index):
         from .datasets import read_masks
-        from .preprocessing import transform_masks
+        from .features._preprocessing import transform_masks
 
         if not isinstance(index, slice):
             return self[index : index + 1][0]

@@ -15,13 +15,13 @@ from sklearn.pipeline import Pipeline, _name_estimators
 from sklearn.utils.metaestimators import available_if
 
 from ._compat import Interval
-from ._detector import AnomalyMapMixin
+from .detectors._base import AnomalyMapMixin
 from ._versioning import VersionedStateMixin
 from .exceptions import ConfigurationError, InvalidImageError
-from .features import BackboneFeatures
-from .gaussian import PatchGaussian
-from .preprocessing import n_images
-from .selection import RandomFeatureSelector
+from .features._extraction import BackboneFeatures
+from .detectors._gaussian import PatchGaussian
+from .features._preprocessing import n_images
+from .features._selection import RandomFeatureSelector
 
 __all__ = [
     "PAPER_CONFIGS",

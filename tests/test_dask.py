@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import skpadim
-from skpadim._calibration import SystematicSample
+from skpadim.detectors._calibration import SystematicSample
 from skpadim.exceptions import ConfigurationError
 from skpadim.gaussian import precision_cholesky
 

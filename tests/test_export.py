@@ -142,10 +142,10 @@ def test_vae_maps_scores_and_labels_match_python(tmp_path):
 
 
 def test_external_data_beyond_the_protobuf_limit(lite0_padim, tmp_path, monkeypatch):
-    import skpadim.export
+    from skpadim.io import _onnx
 
     pipe, test = lite0_padim
-    monkeypatch.setattr(skpadim.export, "PROTOBUF_LIMIT", 1 << 20)  # "large" = over 1 MiB
+    monkeypatch.setattr(_onnx, "PROTOBUF_LIMIT", 1 << 20)  # "large" = over 1 MiB
     path = tmp_path / "large.onnx"
     written = export_onnx(pipe, path)
     assert written == [str(path), str(path) + ".data"]
@@ -187,7 +187,7 @@ def test_missing_onnx_names_the_extra(lite0_padim, tmp_path, monkeypatch):
 
 
 def test_import_skpadim_does_not_import_onnx():
-    code = ("import sys, skpadim, skpadim.cli, skpadim.export; "
+    code = ("import sys, skpadim, skpadim.cli, skpadim.io._onnx; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('onnx', 'onnxruntime', 'onnxscript')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""Tests for the EfficientNet-Lite0 backbone module (skpadim.backbones._lite0)."""
+"""Tests for the EfficientNet-Lite0 backbone module (skpadim.features.backbones._lite0)."""
 
 import io
 import itertools
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skpadim.backbones import _lite0
-from skpadim.backbones._lite0 import (
+from skpadim.features.backbones import _lite0
+from skpadim.features.backbones._lite0 import (
     LITE0_MEAN,
     LITE0_STAGES,
     LITE0_STD,

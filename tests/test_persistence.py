@@ -392,7 +392,7 @@ def test_a_model_saved_by_another_skpadim_version_warns(writer, fitted, tmp_path
 CHILD = """
 import os, sys, time
 import skpadim
-from skpadim import persistence
+from skpadim.io import _persistence as persistence
 
 model_path, ready = sys.argv[1], sys.argv[2]
 model = skpadim.load(model_path)

@@ -185,7 +185,7 @@ def test_kappa_one_patch_search_matches_brute_force_for_any_chunk_size(pyramid, 
 
 @pytest.mark.parametrize("block, chunk_size", [(2, 100), (5, 100), (64, 100), (1024, 3)])
 def test_nearest_one_is_exact_and_searches_every_block(monkeypatch, block, chunk_size):
-    from skpadim import spade
+    from skpadim.detectors import _spade as spade
 
     # Blocks of `block` gallery rows (of 23), or of 3 queries (of 4) by 3 rows (chunk_size
     # bounds both), the last ones shorter.

@@ -22,8 +22,8 @@ from skpadim import (
     make_padim,
     make_spade,
 )
-from skpadim import gaussian
-from skpadim._calibration import SystematicSample
+from skpadim.detectors import _gaussian as gaussian
+from skpadim.detectors._calibration import SystematicSample
 from skpadim.exceptions import ConfigurationError, InvalidImageError
 from skpadim.gaussian import PatchMoments
 
@@ -299,9 +299,9 @@ def test_vae_scores_in_batches_as_at_once(tiny_images):
 
 
 def test_a_diverged_vae_is_an_error_in_fit(tiny_images, monkeypatch):
-    import skpadim.vae
+    from skpadim.detectors import _vae
 
-    monkeypatch.setattr(skpadim.vae, "train_vae", lambda *a, **k: [1.0, float("nan")])
+    monkeypatch.setattr(_vae, "train_vae", lambda *a, **k: [1.0, float("nan")])
     with pytest.raises(ConfigurationError, match="diverged.*epoch 2"):
         VAE(resize=36, random_crop=34, crop=32, n_epochs=2, n_augmented=8, batch_size=4,
             random_state=0, device="cpu").fit(tiny_images[:8])

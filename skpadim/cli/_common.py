@@ -187,7 +187,7 @@ def open_data(args):
 
 def open_model(args):
     """The model file ``args.model``, checked and on ``args.device`` (exit 4 if unusable)."""
-    from ..persistence import file_format
+    from ..io._persistence import file_format
     from ..inspection import open_model as _open
 
     path = args.model
@@ -211,7 +211,7 @@ def open_model(args):
 
 def check_writable(path, what="model file"):
     """Before any work: the file's folder exists (or is made) and is writable."""
-    from .._atomic import check_writable as _check
+    from ..io._atomic import check_writable as _check
 
     try:
         _check(path)
@@ -222,7 +222,7 @@ def check_writable(path, what="model file"):
 
 def save_model(model, path):
     from ..exceptions import ModelFileError
-    from ..persistence import save
+    from ..io._persistence import save
 
     try:
         save(model, path)

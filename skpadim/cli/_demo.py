@@ -57,7 +57,7 @@ def add_parser(commands, parents):
 
 def run(args, log):
     from ..demo import run_demo
-    from ..report import metrics_markdown
+    from ..evaluation._report import metrics_markdown
 
     log.info(f"demo: fitting and evaluating PaDiM per texture; report in {args.out}")
     try:

@@ -60,10 +60,10 @@ def run(args, log):
 
     from ..exceptions import DatasetError
     from ..inspection import FileInspection, ModelMasks, model_geometry
-    from ..outputs import ResultsWriter
+    from ..io._outputs import ResultsWriter
     from ..pipeline import iter_inspect_images
-    from ..preprocessing import image_size, restore_geometry
-    from ..report import ScoredSet, metrics_markdown, select_for_overlays, write_report
+    from ..features._preprocessing import image_size, restore_geometry
+    from ..evaluation._report import ScoredSet, metrics_markdown, select_for_overlays, write_report
 
     model = open_model(args)
     geometry = model_geometry(model)

@@ -53,7 +53,7 @@ def run(args, log):
     args.device, args.method = None, None
     try:
         model = open_model(args)
-        from ..export import export_onnx
+        from ..io._onnx import export_onnx
 
         check_writable(args.out, "ONNX file")
         log.info(f"exporting {_describe(model)} to {args.format}")

@@ -124,11 +124,11 @@ def _build(args, resize, crop):
         return make_padim(args.backbone, n_features, layers=layers, weights=args.weights,
                           resize=resize, crop=crop, **common)
     if args.method == "spade":
-        from ..spade import make_spade
+        from ..detectors._spade import make_spade
 
         return make_spade(args.backbone, layers=layers, weights=args.weights, resize=resize,
                           crop=crop, n_neighbors=args.n_neighbors, **common)
-    from ..vae import VAE
+    from ..detectors._vae import VAE
 
     # The paper's augmentation crops at random between the resize and the final crop
     # (292 -> 282 -> 256): the same share of the margin for other sizes.
@@ -192,7 +192,7 @@ def _describe(args, model, resize, crop):
 def run(args, log):
     from ..exceptions import DatasetError
     from ..pipeline import fit_in_batches
-    from ..preprocessing import image_size
+    from ..features._preprocessing import image_size
 
     data = open_data(args)
     log.info(data.description)

@@ -77,10 +77,10 @@ def _columns(args):
 def run(args, log):
     from ..datasets import find_images, match_masks, output_names, read_masks
     from ..exceptions import DatasetError
-    from ..preprocessing import image_size
+    from ..features._preprocessing import image_size
     from ..inspection import iter_inspect_files
-    from ..outputs import ResultsWriter
-    from ..thresholds import normalize_scores
+    from ..io._outputs import ResultsWriter
+    from ..evaluation._thresholds import normalize_scores
 
     model = open_model(args)
     paths, keys = find_images(args.images)

@@ -74,7 +74,7 @@ def add_parser(commands, parents):
 def run(args, log):
     from ..exceptions import DatasetError
     from ..inspection import ModelMasks
-    from ..thresholds import tune_thresholds
+    from ..evaluation._thresholds import tune_thresholds
 
     rules = {"image": None if args.image == "keep" else args.image,
              "pixel": None if args.pixel == "keep" else args.pixel}

@@ -7,7 +7,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from ..exceptions import InvalidImageError
-from ..preprocessing import (
+from ..features._preprocessing import (
     _array_to_tensor,
     _is_path_list,
     _pair,

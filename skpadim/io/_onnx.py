@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import scoring
+from ..detectors import scoring
 from ._atomic import atomic_path
-from .exceptions import ConfigurationError, InvalidImageError
-from .pipeline import Inspection
+from ..exceptions import ConfigurationError, InvalidImageError
+from ..pipeline import Inspection
 
 __all__ = ["export_onnx", "OnnxModel"]
 
@@ -218,9 +218,9 @@ def _input_size(resize, crop, known):
 def _padim_steps(model):
     from sklearn.pipeline import Pipeline
 
-    from .features import BackboneFeatures
-    from .gaussian import PatchGaussian
-    from .selection import RandomFeatureSelector
+    from ..features._extraction import BackboneFeatures
+    from ..detectors._gaussian import PatchGaussian
+    from ..features._selection import RandomFeatureSelector
 
     steps = ([s for _, s in model.steps if s not in (None, "passthrough")]
              if isinstance(model, Pipeline) else [model])
@@ -264,7 +264,7 @@ def _padim_graph(model, storage_dtype):
     storage = storage_dtype or detector.storage_dtype
     crop = _pair(features.crop)
     trunk = copy.deepcopy(features.module_).cpu().eval()
-    from .backbones import fold_batch_norm
+    from ..features.backbones import fold_batch_norm
 
     trunk = fold_batch_norm(trunk)
     pieces, order = _channel_pieces(features.layer_channels_, channels)
@@ -313,8 +313,8 @@ def _refuse_spade(model):
 def _graph(model, storage_dtype):
     from sklearn.pipeline import Pipeline
 
-    from .spade import SPADE
-    from .vae import VAE
+    from ..detectors._spade import SPADE
+    from ..detectors._vae import VAE
 
     final = model[-1] if isinstance(model, Pipeline) else model
     if isinstance(final, SPADE):
@@ -330,7 +330,7 @@ def _graph(model, storage_dtype):
 
 # ---------------------------------------------------------------------------- export
 def _metadata(info, input_size, crop, map_size, threshold, pixel_threshold):
-    from . import __version__
+    from .. import __version__
 
     size = ("x".join(map(str, input_size)) if input_size is not None
             else f"any, at least {crop[0]}x{crop[1]}")

@@ -23,8 +23,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .._torch import seeded
-from ..exceptions import ConfigurationError, WeightsError
+from ..._torch import seeded
+from ...exceptions import ConfigurationError, WeightsError
 
 __all__ = [
     "BACKBONES",

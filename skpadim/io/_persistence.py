@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from ._atomic import atomic_path
-from ._torch import from_numpy, seeded
-from .exceptions import ModelFileError
+from .._torch import from_numpy, seeded
+from ..exceptions import ModelFileError
 
 __all__ = ["save", "load", "file_format", "FORMAT_VERSION"]
 
@@ -47,24 +47,26 @@ FORMAT_NAME = "skpadim-model"
 #: metadata in hash-map order, and one entry keeps the files of identical fits identical.
 METADATA_KEY = "skpadim"
 
-# Allow-lists: the only classes a model file may name, as (module, attribute). A name that
-# a module does not (or no longer) define is simply not allowed.
+# Allow-lists: the only classes a model file may name, as (module, attribute). The names are
+# the file format's, fixed since format 1 (a file says "skpadim.gaussian.PatchMoments" even
+# though the class now lives in skpadim.detectors); the modules are where the code lives now.
+# A name that a module does not (or no longer) define is simply not allowed.
 _ESTIMATORS = {
     "skpadim.BackboneFeatures": ("skpadim.features", "BackboneFeatures"),
-    "skpadim.RandomFeatureSelector": ("skpadim.selection", "RandomFeatureSelector"),
-    "skpadim.PatchPCA": ("skpadim.decomposition", "PatchPCA"),
-    "skpadim.PatchGaussian": ("skpadim.gaussian", "PatchGaussian"),
-    "skpadim.SPADE": ("skpadim.spade", "SPADE"),
-    "skpadim.VAE": ("skpadim.vae", "VAE"),
+    "skpadim.RandomFeatureSelector": ("skpadim.features", "RandomFeatureSelector"),
+    "skpadim.PatchPCA": ("skpadim.features", "PatchPCA"),
+    "skpadim.PatchGaussian": ("skpadim.detectors", "PatchGaussian"),
+    "skpadim.SPADE": ("skpadim.detectors", "SPADE"),
+    "skpadim.VAE": ("skpadim.detectors", "VAE"),
     "skpadim.StreamingPipeline": ("skpadim.pipeline", "StreamingPipeline"),
     "sklearn.pipeline.Pipeline": ("sklearn.pipeline", "Pipeline"),
 }
 _NAMEDTUPLES = {
-    "skpadim.gaussian.PatchMoments": ("skpadim.gaussian", "PatchMoments"),
+    "skpadim.gaussian.PatchMoments": ("skpadim.detectors", "PatchMoments"),
 }
 _MODULES = {
-    "skpadim.backbones.FeatureTrunk": ("skpadim.backbones", "FeatureTrunk"),
-    "skpadim.vae.ConvVAE": ("skpadim.vae", "ConvVAE"),
+    "skpadim.backbones.FeatureTrunk": ("skpadim.features.backbones", "FeatureTrunk"),
+    "skpadim.vae.ConvVAE": ("skpadim.detectors", "ConvVAE"),
 }
 
 # Tensor dtypes the file may hold; numpy arrays are stored as torch tensors of the same dtype.
@@ -91,15 +93,15 @@ def _resolve(table):
 
 # ---------------------------------------------------------------------------- networks
 def _rebuild_feature_trunk(owner):
-    from .backbones import build_trunk
+    from ..features.backbones import build_trunk
 
     # weights=None: the stored state dict replaces every weight; nothing is read or fetched.
     return build_trunk(owner.backbone, owner.layers, weights=None, seed=0)
 
 
 def _rebuild_conv_vae(owner):
-    from .backbones import build_trunk
-    from .vae import ConvVAE
+    from ..features.backbones import build_trunk
+    from ..detectors._vae import ConvVAE
 
     # As VAE.fit builds it: a ResNet18 trunk up to layer4, then the decoder.
     encoder = build_trunk("resnet18", ["layer4"], weights=None, seed=0)
@@ -313,7 +315,7 @@ class _Encoder:
 def _versions():
     import sklearn
 
-    from ._versioning import skpadim_version
+    from .._versioning import skpadim_version
 
     return {"skpadim": skpadim_version(), "scikit-learn": sklearn.__version__,
             "torch": torch.__version__, "numpy": np.__version__}
@@ -667,7 +669,7 @@ class _Decoder:
             raise self.fail(where, f"{clash} are both parameters and fitted attributes")
         # load() warns once, for the whole file, when its versions differ from the running
         # ones; the per-estimator stamps would repeat that warning for every step.
-        from ._versioning import VersionedStateMixin
+        from .._versioning import VersionedStateMixin
 
         stamps = _running_stamps()
         if isinstance(est, VersionedStateMixin):
@@ -686,7 +688,7 @@ _TAGS = {"float", "tuple", "torch.Size", "dict", "ndarray", "tensor", "numpy.sca
 def _running_stamps():
     import sklearn
 
-    from ._versioning import SKLEARN_KEY, SKPADIM_KEY, skpadim_version
+    from .._versioning import SKLEARN_KEY, SKPADIM_KEY, skpadim_version
 
     return {SKPADIM_KEY: skpadim_version(), SKLEARN_KEY: sklearn.__version__}
 
@@ -694,7 +696,7 @@ def _running_stamps():
 def _warn_versions(versions, path):
     import warnings
 
-    from .exceptions import SkpadimWarning
+    from ..exceptions import SkpadimWarning
 
     running = _versions()
     names = ("skpadim", "scikit-learn")
@@ -741,7 +743,7 @@ def _read_document(reader, path):
         raise ModelFileError(f"cannot load model file {path!r}: format_version {version!r} "
                              "is not a positive integer; the file was damaged or edited")
     if version > FORMAT_VERSION:
-        from ._versioning import skpadim_version
+        from .._versioning import skpadim_version
 
         raise ModelFileError(
             f"model file {path!r} was written by skpadim {written} in model-file format "

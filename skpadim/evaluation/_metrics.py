@@ -23,8 +23,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from ._labels import as_anomaly_labels
-from .exceptions import ConfigurationError, InvalidImageError
+from .._labels import as_anomaly_labels
+from ..exceptions import ConfigurationError, InvalidImageError
 
 __all__ = [
     "image_auroc",
@@ -338,7 +338,7 @@ def image_auroc_scorer(estimator, X, y):
 def _anomaly_maps(estimator, X):
     # Imported here, not at the top: the pipeline module sits above the estimators, and
     # the metrics must stay importable without it.
-    from .pipeline import anomaly_maps
+    from ..pipeline import anomaly_maps
 
     return anomaly_maps(estimator, X)
 

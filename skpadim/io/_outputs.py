@@ -29,7 +29,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from ._atomic import atomic_path, atomic_write
-from .exceptions import ConfigurationError, DatasetError, InvalidImageError
+from ..exceptions import ConfigurationError, DatasetError, InvalidImageError
 
 __all__ = [
     "DEFAULT_COLUMNS",
@@ -442,7 +442,7 @@ def load_map(path):
     >>> amap.shape, amap.dtype, bool(np.allclose(amap, 0.3, atol=1 / 65534))
     ((2, 3), dtype('float32'), True)
     """
-    from .preprocessing import _open_image
+    from ..features._preprocessing import _open_image
 
     try:
         with open(path, "rb") as f:

@@ -5,8 +5,8 @@ from numbers import Integral
 import numpy as np
 from sklearn.model_selection import BaseCrossValidator, StratifiedKFold
 
-from ._labels import as_anomaly_labels
-from .exceptions import InvalidImageError
+from .._labels import as_anomaly_labels
+from ..exceptions import InvalidImageError
 
 __all__ = ["NormalOnlyKFold"]
 

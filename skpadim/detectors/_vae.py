@@ -28,13 +28,13 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import preprocessing
-from ._compat import Interval, _fit_context
-from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
-from ._torch import ImageModuleMixin, resolve_device, seeded
-from ._versioning import VersionedStateMixin
-from .backbones import build_trunk
-from .exceptions import ConfigurationError, InvalidImageError
+from ..features import _preprocessing as preprocessing
+from .._compat import Interval, _fit_context
+from ._base import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
+from .._torch import ImageModuleMixin, resolve_device, seeded
+from .._versioning import VersionedStateMixin
+from ..features.backbones import build_trunk
+from ..exceptions import ConfigurationError, InvalidImageError
 
 __all__ = [
     "ConvVAE",

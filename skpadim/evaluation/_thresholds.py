@@ -28,9 +28,9 @@ from numbers import Real
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-from ._labels import as_anomaly_labels
-from .exceptions import ConfigurationError, InvalidImageError
-from .metrics import _check_mask_shapes
+from .._labels import as_anomaly_labels
+from ..exceptions import ConfigurationError, InvalidImageError
+from ._metrics import _check_mask_shapes
 
 __all__ = [
     "f1_optimal_threshold",
@@ -564,8 +564,8 @@ def tune_thresholds(model, X, y=None, masks=None, *, image="f1", pixel="f1", bat
     >>> bool(pipe[-1].pixel_threshold_ != pipe[-1].image_threshold_)
     True
     """
-    from .pipeline import _split, iter_inspect_images
-    from .preprocessing import n_images
+    from ..pipeline import _split, iter_inspect_images
+    from ..features._preprocessing import n_images
 
     image = _options(image, "image", ("f1", "adaptive"))
     pixel = _options(pixel, "pixel", ("f1",))

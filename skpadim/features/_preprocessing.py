@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._torch import from_numpy
-from .exceptions import DatasetError, InvalidImageError
+from .._torch import from_numpy
+from ..exceptions import DatasetError, InvalidImageError
 
 __all__ = [
     "read_image",

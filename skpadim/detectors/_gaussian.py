@@ -20,14 +20,14 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from ._compat import Interval, StrOptions, _fit_context
-from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
+from .._compat import Interval, StrOptions, _fit_context
+from ._base import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
 from ._calibration import SystematicSample
-from ._torch import from_numpy, resolve_device
-from ._validation import validate_feature_maps
-from ._versioning import VersionedStateMixin
-from .exceptions import InvalidImageError
-from .shrinkage import covariance_traces, ledoit_wolf_shrinkage, oas_shrinkage, shrunk_covariance
+from .._torch import from_numpy, resolve_device
+from .._validation import validate_feature_maps
+from .._versioning import VersionedStateMixin
+from ..exceptions import InvalidImageError
+from ._shrinkage import covariance_traces, ledoit_wolf_shrinkage, oas_shrinkage, shrunk_covariance
 
 __all__ = [
     "PatchMoments",

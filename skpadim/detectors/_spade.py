@@ -27,15 +27,15 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from . import scoring
-from ._compat import Interval, StrOptions, _fit_context
-from ._detector import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
-from ._torch import resolve_device
-from ._validation import validate_feature_maps
-from ._versioning import VersionedStateMixin
-from .backbones import BACKBONES, build_trunk
-from .exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
-from .features import BackboneFeatures
-from .pipeline import _make_streaming_pipeline
+from .._compat import Interval, StrOptions, _fit_context
+from ._base import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
+from .._torch import resolve_device
+from .._validation import validate_feature_maps
+from .._versioning import VersionedStateMixin
+from ..features.backbones import BACKBONES, build_trunk
+from ..exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
+from ..features._extraction import BackboneFeatures
+from ..pipeline import _make_streaming_pipeline
 
 __all__ = ["nearest_neighbors", "SPADE", "make_spade", "SPADE_LAYERS",
            "PIXEL_CALIBRATION_IMAGES"]

@@ -31,9 +31,9 @@ from sklearn.utils.validation import check_is_fitted
 import warnings
 
 from . import scoring
-from ._compat import Interval, StrOptions
-from ._labels import as_anomaly_labels
-from .exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
+from .._compat import Interval, StrOptions
+from .._labels import as_anomaly_labels
+from ..exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
 
 def _n_samples(X):
     shape = getattr(X, "shape", None)

@@ -10,11 +10,12 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from . import backbones, preprocessing
-from ._compat import Interval, StrOptions, _fit_context
-from ._torch import ImageModuleMixin, resolve_device, torch_seed
-from ._versioning import VersionedStateMixin
-from .exceptions import InvalidImageError
+from . import _preprocessing as preprocessing
+from . import backbones
+from .._compat import Interval, StrOptions, _fit_context
+from .._torch import ImageModuleMixin, resolve_device, torch_seed
+from .._versioning import VersionedStateMixin
+from ..exceptions import InvalidImageError
 
 __all__ = ["BackboneFeatures", "concat_layers"]
 

@@ -39,10 +39,10 @@ from typing import NamedTuple, Optional
 import numpy as np
 from scipy import ndimage
 
-from . import metrics
-from ._atomic import atomic_path, atomic_savefig, atomic_write
-from .exceptions import InvalidImageError
-from .outputs import verdict as _verdict
+from . import _metrics as metrics
+from ..io._atomic import atomic_path, atomic_savefig, atomic_write
+from ..exceptions import InvalidImageError
+from ..io._outputs import verdict as _verdict
 
 __all__ = [
     "ScoredSet",
@@ -244,7 +244,7 @@ def operating_metrics(scored, image_threshold=None, pixel_threshold=None):
     >>> m["image_f1_optimal"]["threshold"], m["image_f1_optimal"]["f1"]
     (0.2, 0.8)
     """
-    from .thresholds import f1_optimal_threshold, pixel_f1_optimal_threshold
+    from ._thresholds import f1_optimal_threshold, pixel_f1_optimal_threshold
 
     def jsonable(m):
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in m.items()}
@@ -309,7 +309,7 @@ def build_report(sets, max_fpr=0.3, info=None, *, thresholds=None):
     >>> report["mean"]["image_auroc"], report["mean"]["pixel_auroc"]   # no masks: no pixels
     (0.75, None)
     """
-    from . import __version__
+    from .. import __version__
 
     report = {
         "skpadim_version": __version__,

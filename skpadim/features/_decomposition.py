@@ -11,11 +11,11 @@ from sklearn.base import (
 )
 from sklearn.utils.validation import check_is_fitted
 
-from ._compat import Interval, _fit_context
-from ._torch import from_numpy
-from ._validation import validate_feature_maps
-from ._versioning import VersionedStateMixin
-from .exceptions import InvalidImageError
+from .._compat import Interval, _fit_context
+from .._torch import from_numpy
+from .._validation import validate_feature_maps
+from .._versioning import VersionedStateMixin
+from ..exceptions import InvalidImageError
 
 __all__ = ["PatchPCA"]
 

@@ -7,10 +7,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from ._compat import Interval, _fit_context
-from ._validation import validate_feature_maps
-from ._versioning import VersionedStateMixin
-from .exceptions import InvalidImageError
+from .._compat import Interval, _fit_context
+from .._validation import validate_feature_maps
+from .._versioning import VersionedStateMixin
+from ..exceptions import InvalidImageError
 
 __all__ = ["RandomFeatureSelector"]
 

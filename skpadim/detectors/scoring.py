@@ -19,8 +19,8 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from ._torch import from_numpy
-from .exceptions import InvalidImageError
+from .._torch import from_numpy
+from ..exceptions import InvalidImageError
 
 __all__ = [
     "INTERPOLATIONS",

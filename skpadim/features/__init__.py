@@ -1,0 +1,34 @@
+"""From images to feature maps: the first steps of every pipeline.
+
+A user's image passes through this sub-package in order:
+
+- reading and checking images, and the paper's resize and centre crop (with their inverse
+  for maps and masks): :func:`read_image`, :func:`as_image_batches`, :func:`resize_and_crop`,
+  :func:`restore_geometry`, :func:`transform_masks`;
+- the pretrained backbone and the layers it taps (:mod:`skpadim.features.backbones`), run
+  by the :class:`~skpadim.BackboneFeatures` transformer;
+- optional reduction of the channels: :class:`~skpadim.RandomFeatureSelector` (the
+  paper's random selection) or :class:`~skpadim.PatchPCA`.
+
+The feature maps that leave it, ``(n_samples, channels, height, width)``, are what the
+detectors of :mod:`skpadim.detectors` model.
+"""
+
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "._preprocessing": ["as_image_batches", "image_size", "image_sizes", "read_image",
+                        "resize_and_crop", "restore_geometry", "transform_masks"],
+    "._extraction": ["BackboneFeatures", "concat_layers"],
+    "._selection": ["RandomFeatureSelector"],
+    "._decomposition": ["PatchPCA"],
+})
+
+if TYPE_CHECKING:  # what static tools and IDEs see
+    from ._decomposition import PatchPCA
+    from ._extraction import BackboneFeatures, concat_layers
+    from ._preprocessing import (as_image_batches, image_size, image_sizes, read_image,
+                                 resize_and_crop, restore_geometry, transform_masks)
+    from ._selection import RandomFeatureSelector
