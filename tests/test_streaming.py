@@ -128,7 +128,11 @@ def test_iter_inspect_images_yields_batches_that_add_up(images):
     whole = inspect_images(pipe, images)
     parts = list(iter_inspect_images(pipe, images, batch_size=5))
     assert [start for start, _ in parts] == [0, 5, 10]
-    np.testing.assert_array_equal(np.concatenate([p.maps for _, p in parts]), whole.maps)
+    # Equal up to float rounding, not to the bit: the CPU's convolution kernels are chosen by
+    # batch size (the last part holds 2 images, the whole run's backbone batch 4), and on some
+    # processors (AMD EPYC here) they round differently. Order and completeness are exact.
+    np.testing.assert_allclose(np.concatenate([p.maps for _, p in parts]), whole.maps,
+                               rtol=1e-6)
 
 
 def test_inspect_works_on_a_plain_pipeline_and_on_spade(images):
