@@ -7,7 +7,7 @@ paper's settings::
 
 :class:`SPADE` (built by :func:`make_spade`) and :class:`VAE` are the paper's two baselines,
 with the same outlier interface. :func:`anomaly_maps` gives the per-pixel maps of any fitted
-pipeline or detector; :mod:`skpadim.metrics` scores them (image/pixel AUROC, PRO).
+pipeline or detector; :mod:`skpadim.evaluation` scores them (image/pixel AUROC, PRO).
 """
 
 import importlib
@@ -28,16 +28,14 @@ _getattr, __dir__, __all__ = attach(__name__, {
     ".features": ["BackboneFeatures", "RandomFeatureSelector", "PatchPCA"],
     ".detectors": ["PatchGaussian", "SPADE", "VAE"],
     ".evaluation": ["NormalOnlyKFold"],
-    ".pipeline": ["make_padim", "anomaly_maps", "fit_in_batches", "inspect_images",
+    ".pipeline": ["make_padim", "make_spade", "anomaly_maps", "fit_in_batches", "inspect_images",
                   "iter_inspect_images", "StreamingPipeline", "Inspection", "PAPER_CONFIGS",
                   "PRESETS"],
-    ".detectors._spade": ["make_spade"],
     ".io": ["save", "load", "export_onnx"],
 })
 
 if TYPE_CHECKING:  # what static tools and IDEs see
     from .detectors import SPADE, VAE, PatchGaussian
-    from .detectors._spade import make_spade
     from .evaluation import NormalOnlyKFold
     from .features import BackboneFeatures, PatchPCA, RandomFeatureSelector
     from .io import export_onnx, load, save
@@ -51,11 +49,12 @@ if TYPE_CHECKING:  # what static tools and IDEs see
         inspect_images,
         iter_inspect_images,
         make_padim,
+        make_spade,
     )
 
 
 def __getattr__(name):
-    """A public name, or a submodule (``skpadim.metrics``...) on first use."""
+    """A public name, or a submodule (``skpadim.evaluation``...) on first use."""
     if not name.startswith("_") and name not in __all__ and importlib.util.find_spec(
             f"{__name__}.{name}"):
         value = importlib.import_module(f".{name}", __name__)

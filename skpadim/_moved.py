@@ -30,10 +30,10 @@ was defined in) written for 0.1.0 still import and load:
 (``skpadim.features`` itself kept its name: it is now the sub-package.)
 
 An old path is an alias module: reading a name from it reads the same object from the
-private modules that now define its code, so ``skpadim.gaussian.PatchGaussian is
-skpadim.PatchGaussian``. Setting a name on an alias is refused, with the module to set it on
-instead: ``monkeypatch.setattr(skpadim.spade, ...)`` would otherwise change nothing that the
-code reads.
+private modules that now define its code (its ``__all__`` is the one of 0.1.0), so
+``skpadim.gaussian.PatchGaussian is skpadim.PatchGaussian``. Setting a name on an alias is
+refused, with the module to set it on instead: ``monkeypatch.setattr(skpadim.spade, ...)`` would
+otherwise change nothing that the code reads.
 """
 
 import importlib
@@ -44,26 +44,34 @@ import types
 
 __all__ = ["MOVED", "install"]
 
-#: ``{0.1.0 module path: (modules that now define its names, searched in order)}``.
+#: ``{0.1.0 module path: modules that now define its names}``. A module stands for the names
+#: of its ``__all__``, or, as ``"module:name name"``, for the names listed; together they are
+#: the old path's ``__all__``, as it was in 0.1.0.
 MOVED = {
-    "skpadim.preprocessing": ("skpadim.features._preprocessing",),
+    "skpadim.preprocessing": ("skpadim.features._images", "skpadim.features._image_files",
+                              "skpadim.features._geometry"),
     "skpadim.backbones": ("skpadim.features.backbones",),
     # Private, but pickles of Lite0 models name its network classes by this path.
     "skpadim.backbones._lite0": ("skpadim.features.backbones._lite0",),
     "skpadim.selection": ("skpadim.features._selection",),
     "skpadim.decomposition": ("skpadim.features._decomposition",),
-    "skpadim.gaussian": ("skpadim.detectors._gaussian",),
+    "skpadim.gaussian": ("skpadim.detectors._gaussian", "skpadim.detectors._moments",
+                         "skpadim.detectors._packed", "skpadim.detectors._mahalanobis"),
     "skpadim.shrinkage": ("skpadim.detectors._shrinkage",),
-    "skpadim.spade": ("skpadim.detectors._spade",),
-    "skpadim.vae": ("skpadim.detectors._vae",),
+    "skpadim.spade": ("skpadim.detectors._spade", "skpadim.detectors._neighbors",
+                      "skpadim.pipeline:make_spade"),
+    "skpadim.vae": ("skpadim.detectors._vae", "skpadim.detectors._vae_network"),
     "skpadim.scoring": ("skpadim.detectors.scoring",),
-    "skpadim.metrics": ("skpadim.evaluation._metrics",),
-    "skpadim.thresholds": ("skpadim.evaluation._thresholds",),
+    "skpadim.metrics": ("skpadim.evaluation._metrics", "skpadim.evaluation._scorers"),
+    "skpadim.thresholds": ("skpadim.evaluation._thresholds",
+                           "skpadim.evaluation._pixel_histogram"),
     "skpadim.model_selection": ("skpadim.evaluation._model_selection",),
-    "skpadim.report": ("skpadim.evaluation._report",),
+    "skpadim.report": ("skpadim.evaluation._report", "skpadim.evaluation._scored",
+                       "skpadim.evaluation._curves", "skpadim.evaluation._overlay",
+                       "skpadim.evaluation._legends", "skpadim.evaluation._pictures"),
     "skpadim.persistence": ("skpadim.io._persistence",),
     "skpadim.export": ("skpadim.io._onnx",),
-    "skpadim.outputs": ("skpadim.io._outputs",),
+    "skpadim.outputs": ("skpadim.io._results", "skpadim.io._maps"),
 }
 
 
@@ -71,10 +79,11 @@ class MovedModule(types.ModuleType):
     """A 0.1.0 module path whose names now live in ``targets``."""
 
     def __init__(self, name, targets):
-        super().__init__(name, f"Moved: the names of {name} now live in {', '.join(targets)}.")
+        modules = tuple(target.partition(":")[0] for target in targets)
+        super().__init__(name, f"Moved: the names of {name} now live in {', '.join(modules)}.")
         # Old packages (skpadim.backbones) had submodules; an empty path lets the import
         # system ask MOVED for them instead of calling the alias "not a package".
-        self.__dict__.update(_targets=targets, __path__=[])
+        self.__dict__.update(_targets=modules, _listed=targets, __path__=[])
 
     def _modules(self):
         return [importlib.import_module(target) for target in self._targets]
@@ -83,7 +92,11 @@ class MovedModule(types.ModuleType):
         if name.startswith("__") and name != "__all__":
             raise AttributeError(name)
         if name == "__all__":
-            return [n for module in self._modules() for n in getattr(module, "__all__", [])]
+            names = []
+            for target, module in zip(self._listed, self._modules()):
+                listed = target.partition(":")[2].split()
+                names.extend(listed or getattr(module, "__all__", []))
+            return names
         for module in self._modules():
             if hasattr(module, name):
                 return getattr(module, name)

@@ -3,9 +3,9 @@
 :func:`fit` fits a PaDiM (or SPADE) pipeline on images spread over a cluster, and gives the
 model :func:`~skpadim.fit_in_batches` gives on one machine, to float rounding. No feature
 map crosses the network: each partition of images is sent through the backbone on its
-worker, and comes back as one :class:`~skpadim.gaussian.PatchMoments` (float64 sums, a size
+worker, and comes back as one :class:`~skpadim.detectors.PatchMoments` (float64 sums, a size
 independent of the number of images) plus its share of the calibration sample; a binary
-tree of :meth:`PatchMoments.merge <skpadim.gaussian.PatchMoments.merge>` calls combines
+tree of :meth:`PatchMoments.merge <skpadim.detectors.PatchMoments.merge>` calls combines
 them, and the driver computes the factors and the threshold once
 (:meth:`PatchGaussian.from_moments <skpadim.PatchGaussian.from_moments>`). :func:`score`
 scores images on the cluster, and can write each partition's anomaly maps to disk.
@@ -39,12 +39,14 @@ import torch
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
-from .io._atomic import atomic_write
+from ._batches import _image_slices, _split, _transform, iter_inspect_images
+from ._streaming import _fit_transformers
 from ._torch import resolve_device
-from .exceptions import ConfigurationError, InvalidImageError
-from .detectors._gaussian import PatchGaussian, PatchMoments
-from .pipeline import _fit_transformers, _image_slices, _split, _transform, iter_inspect_images
+from .detectors._gaussian import PatchGaussian
+from .detectors._moments import PatchMoments
 from .detectors._spade import SPADE
+from .exceptions import ConfigurationError, InvalidImageError
+from .io._atomic import atomic_write
 
 __all__ = ["fit", "score", "Scores"]
 
@@ -148,7 +150,7 @@ def _feature_array(features):
 
 
 def _calibration_stride(n_samples, capacity):
-    """Stride a :class:`~skpadim._calibration.SystematicSample` ends with after
+    """Stride a :class:`~skpadim.detectors._calibration.SystematicSample` ends with after
     ``n_samples``: the smallest power of two ``s`` with ``ceil(n_samples / s) <= capacity``
     (1 when ``capacity`` is None)."""
     stride = 1
@@ -251,7 +253,7 @@ def fit(pipeline, images, client=None, partition_size=None, batch_size=None):
     draw) on the first image, as :func:`~skpadim.fit_in_batches` does, and sends the
     pipeline to every worker once. Each partition of images goes through the transformers
     on its worker, ``batch_size`` images at a time, and returns its
-    :class:`~skpadim.gaussian.PatchMoments` and the calibration samples that fall on the
+    :class:`~skpadim.detectors.PatchMoments` and the calibration samples that fall on the
     global stride (PaDiM), or its share of the gallery (SPADE). A binary tree of merges
     combines them, in partition order; the driver computes the factors and ``offset_``
     once and puts the fitted detector in the pipeline's last step.

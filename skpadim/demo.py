@@ -37,14 +37,14 @@ def run_demo(out_dir="skpadim-demo-report", quick=False, *,
     The folder receives ``metrics.json`` and ``metrics.md`` (image AUROC, pixel AUROC and PRO
     per texture and defect type, and their means over textures; precision, recall, F1 and
     the confusion matrix at each model's thresholds, which
-    :func:`skpadim.thresholds.tune_thresholds` sets on ``n_validation`` labelled validation
+    :func:`skpadim.evaluation.tune_thresholds` sets on ``n_validation`` labelled validation
     images per texture), ``roc.png`` and ``pro.png`` (operating
     points marked), ``scores.csv`` and ``scores.jsonl`` (every test image's score, label and
     verdict), and, for each texture, of the highest-scoring normal image and the
     highest-scoring image of each defect type: ``overlays/<texture>/*.png``, the anomaly map
     painted over the image with the drawn defect outlined, a colour bar and the score (see
-    :func:`skpadim.report.save_overlay`), and ``panels/<texture>/*.png``, image | map |
-    predicted mask | ground truth side by side (:func:`skpadim.report.save_panel`).
+    :func:`skpadim.evaluation.save_overlay`), and ``panels/<texture>/*.png``, image | map |
+    predicted mask | ground truth side by side (:func:`skpadim.evaluation.save_panel`).
 
     Parameters
     ----------
@@ -73,8 +73,8 @@ def run_demo(out_dir="skpadim-demo-report", quick=False, *,
     Returns
     -------
     result : :class:`~sklearn.utils.Bunch`
-        ``report``: the metrics, as :func:`skpadim.report.build_report` returns them;
-        ``sets``: dict of texture to :class:`~skpadim.report.ScoredSet` (scores, maps,
+        ``report``: the metrics, as :func:`skpadim.evaluation.build_report` returns them;
+        ``sets``: dict of texture to :class:`~skpadim.evaluation.ScoredSet` (scores, maps,
         masks); ``models``: dict of texture to fitted pipeline; ``out_dir``: the folder.
 
     Examples
@@ -88,10 +88,11 @@ def run_demo(out_dir="skpadim-demo-report", quick=False, *,
     from tqdm.auto import tqdm
 
     from .datasets import load_demo
-    from .io._outputs import ResultsWriter
-    from .pipeline import fit_in_batches, inspect_images, make_padim
-    from .evaluation._report import ScoredSet, write_report
+    from .evaluation._report import write_report
+    from .evaluation._scored import ScoredSet
     from .evaluation._thresholds import tune_thresholds
+    from .io._results import ResultsWriter
+    from .pipeline import fit_in_batches, inspect_images, make_padim
 
     config = dict(config) if config is not None else QUICK_CONFIG if quick else DEMO_CONFIG
     out_dir = os.fspath(out_dir)
@@ -151,7 +152,9 @@ _COLUMNS = ("path", "texture", "defect_type", "true_label", "anomaly_score", "la
 
 def _write_pictures(out_dir, texture, bunch, scored, labels, model, per_type):
     """Overlays and image | map | mask | ground truth panels of the images worth a look."""
-    from .evaluation._report import heat_range, save_overlay, save_panel, select_for_overlays
+    from .evaluation._overlay import heat_range
+    from .evaluation._pictures import save_overlay, save_panel
+    from .evaluation._scored import select_for_overlays
 
     vmin, vmax = heat_range(model)
     detector = model[-1]

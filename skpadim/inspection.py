@@ -9,9 +9,9 @@ This is what the ``skpadim`` command line runs, usable from Python:
 - :func:`detector_method` tells which of the three methods a model is;
 - :func:`model_geometry` gives the resize and crop the model applies to its inputs;
 - :func:`iter_inspect_files` yields, batch by batch, each image's anomaly map in the image's
-  own size (see :func:`skpadim.preprocessing.restore_geometry`), its score and its verdict;
+  own size (see :func:`skpadim.features.restore_geometry`), its score and its verdict;
 - :class:`ModelMasks` reads a data set's ground-truth masks in the model's geometry, the
-  one its maps have, a slice at a time (for :func:`skpadim.thresholds.tune_thresholds` and
+  one its maps have, a slice at a time (for :func:`skpadim.evaluation.tune_thresholds` and
   pixel metrics).
 """
 
@@ -59,10 +59,10 @@ def detector_method(model):
     >>> detector_method("not a model") is None
     True
     """
-    from .features._extraction import BackboneFeatures
     from .detectors._gaussian import PatchGaussian
     from .detectors._spade import SPADE
     from .detectors._vae import VAE
+    from .features._extraction import BackboneFeatures
 
     if isinstance(model, VAE):
         return "vae"
@@ -231,7 +231,7 @@ def model_geometry(model):
     >>> model_geometry(VAE())["crop"]
     256
     """
-    from .features._preprocessing import _pair
+    from .features._geometry import _pair
 
     first = model.steps[0][1] if hasattr(model, "steps") else model
     # Images of the size the network sees are accepted whatever the resize; without resize
@@ -291,7 +291,7 @@ def iter_inspect_files(model, paths, *, batch_size=32, geometry="image", fill="n
         Images per batch.
     geometry : {"image", "model"}, default="image"
         "image": maps in each image's own size, the model's resize and crop undone
-        (:func:`skpadim.preprocessing.restore_geometry`); "model": maps as the model makes
+        (:func:`skpadim.features.restore_geometry`); "model": maps as the model makes
         them (the cropped geometry, at the map size).
     fill : {"nan", "nearest"} or float, default="nan"
         With ``geometry="image"``, the value of the border the crop removed: "nan" marks it
@@ -323,8 +323,9 @@ def iter_inspect_files(model, paths, *, batch_size=32, geometry="image", fill="n
     >>> bool(np.isnan(first.anomaly_map[0, 0])), bool(np.isfinite(first.anomaly_map[20, 24]))
     (True, True)
     """
+    from .features._geometry import restore_geometry
+    from .features._images import image_sizes
     from .pipeline import iter_inspect_images
-    from .features._preprocessing import image_sizes, restore_geometry
 
     if geometry not in ("image", "model"):
         raise SkpadimError(f"geometry must be 'image' or 'model', got {geometry!r}")
@@ -346,7 +347,7 @@ class ModelMasks:
 
     Each mask is read from its file (:func:`skpadim.datasets.read_masks`; a None reference
     is an empty mask, a normal image's) and brought through the model's resize and crop
-    (:func:`skpadim.preprocessing.transform_masks`), so it lines up with the model's maps.
+    (:func:`skpadim.features.transform_masks`), so it lines up with the model's maps.
     Indexing with a slice returns a boolean array ``(k, h, w)``; nothing is kept, so a pass
     over a large test set holds one batch of masks at a time.
 
@@ -389,7 +390,7 @@ class ModelMasks:
 
     def __getitem__(self, index):
         from .datasets import read_masks
-        from .features._preprocessing import transform_masks
+        from .features._geometry import transform_masks
 
         if not isinstance(index, slice):
             return self[index : index + 1][0]

@@ -1,27 +1,28 @@
-"""PaDiM as a pipeline: the paper's configurations, streaming fit and scoring, anomaly maps.
+"""PaDiM and SPADE as pipelines: the paper's configurations and the builders.
 
-:func:`~skpadim.make_padim` returns a :class:`~skpadim.StreamingPipeline`: a scikit-learn ``Pipeline`` whose
-``fit`` and scoring methods move ``batch_size`` images at a time through every step, so
-memory does not grow with the number of images and each image goes through the backbone
-once. :func:`~skpadim.inspect_images` returns maps, scores and labels of the same images from
-one pass; :func:`~skpadim.iter_inspect_images` yields them batch by batch, for test sets of any size.
+:func:`~skpadim.make_padim` and :func:`~skpadim.make_spade` return a
+:class:`~skpadim.StreamingPipeline`: a scikit-learn ``Pipeline`` whose ``fit`` and scoring
+methods move ``batch_size`` images at a time through every step, so memory does not grow
+with the number of images and each image goes through the backbone once.
+:func:`~skpadim.inspect_images` returns maps, scores and labels of the same images from one
+pass; :func:`~skpadim.iter_inspect_images` yields them batch by batch, for test sets of any
+size.
+
+The builders and the paper's settings are defined here; the machinery that moves the
+batches is in ``_streaming`` (the pipeline and its fit) and ``_batches`` (maps and scores),
+whose public names this module re-exports.
 """
 
-from numbers import Integral
-from typing import NamedTuple
+import torch
 
-import numpy as np
-from sklearn.pipeline import Pipeline, _name_estimators
-from sklearn.utils.metaestimators import available_if
-
-from ._compat import Interval
-from .detectors._base import AnomalyMapMixin
-from ._versioning import VersionedStateMixin
-from .exceptions import ConfigurationError, InvalidImageError
-from .features._extraction import BackboneFeatures
+from ._batches import Inspection, anomaly_maps, inspect_images, iter_inspect_images
+from ._streaming import StreamingPipeline, _make_streaming_pipeline, fit_in_batches
 from .detectors._gaussian import PatchGaussian
-from .features._preprocessing import n_images
+from .detectors._spade import SPADE, SPADE_LAYERS
+from .exceptions import ConfigurationError
+from .features._extraction import BackboneFeatures
 from .features._selection import RandomFeatureSelector
+from .features.backbones import BACKBONES, build_trunk
 
 __all__ = [
     "PAPER_CONFIGS",
@@ -29,6 +30,7 @@ __all__ = [
     "StreamingPipeline",
     "Inspection",
     "make_padim",
+    "make_spade",
     "anomaly_maps",
     "inspect_images",
     "iter_inspect_images",
@@ -83,292 +85,6 @@ def _preset(preset, **given):
     if values["map_interpolation"] is None:
         values["map_interpolation"] = values["interpolation"]
     return values
-
-
-class Inspection(NamedTuple):
-    """Maps, scores and labels of the same images, from one pass through the pipeline.
-
-    Attributes
-    ----------
-    maps : ndarray of shape (n_samples, H, W), dtype float32
-        Anomaly maps, higher = more anomalous.
-    anomaly_scores : ndarray of shape (n_samples,)
-        Image-level anomaly scores (``-score_samples``), higher = more anomalous.
-    labels : ndarray of shape (n_samples,)
-        ``predict``'s verdicts: +1 normal, -1 anomalous.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skpadim import Inspection
-    >>> result = Inspection(np.zeros((2, 4, 4)), np.array([0.5, 3.0]), np.array([1, -1]))
-    >>> result.labels.tolist(), result.maps.shape
-    ([1, -1], (2, 4, 4))
-    """
-
-    maps: np.ndarray
-    anomaly_scores: np.ndarray
-    labels: np.ndarray
-
-
-def _final_has(attr):
-    def check(self):
-        getattr(self._final_estimator, attr)
-        return True
-
-    return check
-
-
-class StreamingPipeline(VersionedStateMixin, Pipeline):
-    """A scikit-learn Pipeline that fits and scores ``batch_size`` images at a time.
-
-    ``Pipeline.fit`` computes the features of every training image before the last step
-    sees any, and its ``score_samples``, ``predict`` and ``decision_function`` do the same
-    with test images: memory grows with the number of images (about 5.6 MB per image for
-    ResNet18's 448 channels at 224 x 224). This pipeline sends ``batch_size`` images
-    through the steps at a time instead:
-
-    - ``fit`` fits the transformers on the first batch (the backbone and the channel draw
-      learn nothing from the data; a step with ``partial_fit``, such as
-      :class:`~skpadim.PatchPCA`, gets its own pass over every image) and feeds every
-      batch to the final detector's ``partial_fit``; the detector finishes (factors,
-      threshold) once, at the end, without a second pass over the images. The result
-      equals ``Pipeline.fit`` on the same data, to float rounding.
-    - ``score_samples``, ``decision_function``, ``predict``, :meth:`anomaly_maps` and
-      :meth:`inspect` transform and score batch by batch.
-
-    It is a ``Pipeline`` in every other respect (``clone``, ``get_params``/``set_params``
-    with ``step__param`` names, ``GridSearchCV``, slicing, the HTML repr, ``joblib``). A
-    final step without ``partial_fit``, or fit parameters routed to steps, fall back to
-    ``Pipeline.fit``. :func:`make_padim` and :func:`~skpadim.make_spade` build one; a
-    hand-made ``sklearn.pipeline.make_pipeline(...)`` holds every image's features
-    (fit it with :func:`fit_in_batches`).
-
-    Parameters
-    ----------
-    steps : list of (str, estimator) tuples
-        As for ``sklearn.pipeline.Pipeline``.
-    batch_size : int, default=32
-        Images sent through the steps at a time. Results do not depend on it.
-    transform_input, memory, verbose
-        As for ``sklearn.pipeline.Pipeline``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skpadim import BackboneFeatures, PatchGaussian, RandomFeatureSelector
-    >>> from skpadim.pipeline import StreamingPipeline
-    >>> images = np.random.RandomState(0).randint(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    >>> pipe = StreamingPipeline([
-    ...     ("features", BackboneFeatures(weights=None, resize=None, crop=None,
-    ...                                   random_state=0)),
-    ...     ("select", RandomFeatureSelector(n_features=10, random_state=0)),
-    ...     ("gaussian", PatchGaussian()),
-    ... ], batch_size=4).fit(images)                   # batches of 4 and 2 images
-    >>> pipe[-1].n_samples_seen_
-    6
-    >>> result = pipe.inspect(images[:3])               # one pass: maps, scores, labels
-    >>> result.maps.shape, result.anomaly_scores.shape, result.labels.tolist()
-    ((3, 32, 32), (3,), [1, 1, 1])
-    """
-
-    _parameter_constraints = {
-        **Pipeline._parameter_constraints,
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-    }
-
-    def __init__(self, steps, *, batch_size=32, transform_input=None, memory=None,
-                 verbose=False):
-        super().__init__(steps, transform_input=transform_input, memory=memory,
-                         verbose=verbose)
-        self.batch_size = batch_size
-
-    def __getitem__(self, ind):
-        sub = super().__getitem__(ind)
-        if isinstance(sub, StreamingPipeline):
-            sub.batch_size = self.batch_size
-        return sub
-
-    def _streams(self):
-        return hasattr(self._final_estimator, "partial_fit")
-
-    def fit(self, X, y=None, **params):
-        """Fit every step, ``batch_size`` images at a time (see the class description).
-
-        Parameters
-        ----------
-        X : array-like or list of paths
-            Normal training images.
-        y : array-like of shape (n_samples,) or (n_samples, H, W), default=None
-            Optional labels (1 or -1 = anomalous) or masks: anomalous images are left out.
-        **params
-            Fit parameters routed to steps; given any, ``Pipeline.fit`` is used.
-
-        Returns
-        -------
-        self : StreamingPipeline
-            The fitted pipeline.
-        """
-        if params or not self._streams():
-            return super().fit(X, y, **params)
-        self._validate_params()
-        X = AnomalyMapMixin._normal_samples(_as_indexable(X), y)
-        first = self.steps[0][1]
-        _stream_fit(self, X, self.batch_size, progress=bool(getattr(first, "verbose", False)))
-        return self
-
-    def fit_predict(self, X, y=None, **params):
-        """``fit(X, y)`` then ``predict(X)``: +1 normal, -1 anomalous.
-
-        Parameters
-        ----------
-        X : array-like or list of paths
-            Training images.
-        y : array-like, default=None
-            As in :meth:`fit`.
-        **params
-            As in :meth:`fit`.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-        """
-        return self.fit(X, y, **params).predict(X)
-
-    def _transformed(self, X):
-        """The final step's input, a batch at a time."""
-        transformers, _ = _split(self)
-        for part in _image_slices(X, self.batch_size):
-            yield _transform(transformers, part)
-
-    def _each(self, method, X):
-        final = self._final_estimator
-        return np.concatenate([getattr(final, method)(t) for t in self._transformed(X)])
-
-    @available_if(_final_has("score_samples"))
-    def score_samples(self, X):
-        """Normality of each image (higher = more normal), a batch at a time.
-
-        Parameters
-        ----------
-        X : array-like or list of paths
-            Images.
-
-        Returns
-        -------
-        scores : ndarray of shape (n_samples,)
-        """
-        return self._each("score_samples", X)
-
-    @available_if(_final_has("decision_function"))
-    def decision_function(self, X, **params):
-        """``score_samples(X) - offset_``, a batch at a time; negative = anomalous.
-
-        Parameters
-        ----------
-        X : array-like or list of paths
-            Images.
-        **params
-            Routed to the steps; given any, ``Pipeline.decision_function`` is used.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_samples,)
-        """
-        if params:
-            return super().decision_function(X, **params)
-        return self._each("decision_function", X)
-
-    @available_if(_final_has("predict"))
-    def predict(self, X, **params):
-        """+1 for normal images, -1 for anomalies, a batch at a time.
-
-        Parameters
-        ----------
-        X : array-like or list of paths
-            Images.
-        **params
-            Routed to the steps; given any, ``Pipeline.predict`` is used.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-        """
-        if params:
-            return super().predict(X, **params)
-        return self._each("predict", X)
-
-    @available_if(_final_has("anomaly_maps"))
-    def anomaly_maps(self, X):
-        """Anomaly maps ``(n, H, W)``, a batch at a time; higher = more anomalous.
-
-        Parameters
-        ----------
-        X : array-like or list of paths
-            Images.
-
-        Returns
-        -------
-        maps : ndarray of shape (n_samples, H, W), dtype float32
-        """
-        return self._each("anomaly_maps", X)
-
-    @available_if(_final_has("set_thresholds"))
-    def set_thresholds(self, image=None, pixel=None):
-        """Fix the final detector's image and pixel thresholds; None keeps one as it is.
-
-        The detector's ``set_thresholds``, for a whole pipeline:
-        :func:`skpadim.thresholds.tune_thresholds` chooses the values on validation images.
-
-        Parameters
-        ----------
-        image : float or None, default=None
-            New ``image_threshold_`` of the final step, in anomaly-score units.
-        pixel : float or None, default=None
-            New ``pixel_threshold_`` of the final step, in anomaly-map units.
-
-        Returns
-        -------
-        self : StreamingPipeline
-            The pipeline.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skpadim import make_padim
-        >>> images = np.random.RandomState(0).randint(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-        >>> pipe = make_padim("resnet18", n_features=10, weights=None, resize=None,
-        ...                   crop=None, random_state=0).fit(images)
-        >>> pipe = pipe.set_thresholds(image=1e6)
-        >>> pipe[-1].image_threshold_, pipe.predict(images).tolist()
-        (1000000.0, [1, 1, 1, 1])
-        """
-        self._final_estimator.set_thresholds(image=image, pixel=pixel)
-        return self
-
-    @available_if(_final_has("anomaly_maps"))
-    def inspect(self, X):
-        """Maps, image scores and labels of ``X`` from one pass (see :func:`inspect_images`).
-
-        Parameters
-        ----------
-        X : array-like or list of paths
-            Images.
-
-        Returns
-        -------
-        inspection : Inspection
-            ``maps``, ``anomaly_scores`` and ``labels``.
-        """
-        return inspect_images(self, X, batch_size=self.batch_size)
-
-
-def _as_indexable(X):
-    return list(X) if isinstance(X, tuple) else X
-
-
-def _make_streaming_pipeline(*steps, batch_size):
-    return StreamingPipeline(_name_estimators(steps), batch_size=batch_size)
 
 
 def make_padim(
@@ -499,268 +215,103 @@ def make_padim(
     )
 
 
-def _split(estimator):
-    if isinstance(estimator, Pipeline):
-        final = estimator._final_estimator
-        return estimator[:-1] if len(estimator) > 1 else None, final
-    return None, estimator
+def _probe_layers(backbone, layers, size=224):
+    """Channels of each tapped layer and its stride relative to the first, without weights."""
+    with torch.device("meta"):
+        trunk = build_trunk(backbone, layers, weights=None)
+        outputs = trunk(torch.zeros(1, 3, size, size))
+    first = outputs[0].shape[-1]
+    channels = [int(o.shape[1]) for o in outputs]
+    strides = [max(1, round(first / o.shape[-1])) for o in outputs]
+    return channels, strides
 
 
-def _transform(transformers, part):
-    """``transformers.transform(part)``; a backbone followed by a channel selection computes
-    only the selected channels (the same values, without the unselected ones in memory)."""
-    if transformers is None:
-        return part
-    steps = [step for _, step in transformers.steps if step not in (None, "passthrough")]
-    if (len(steps) >= 2 and isinstance(steps[0], BackboneFeatures)
-            and isinstance(steps[1], RandomFeatureSelector)):
-        part = steps[0]._transform(part, channels=steps[1].feature_indices_)
-        steps = steps[2:]
-    for step in steps:
-        part = step.transform(part)
-    return part
+def make_spade(
+    backbone="wide_resnet50_2",
+    *,
+    layers=None,
+    weights="DEFAULT",
+    resize=256,
+    crop=224,
+    interpolation="bicubic",
+    n_neighbors=50,
+    kappa=1,
+    calibration="leave-one-out",
+    contamination=0.01,
+    sigma=4.0,
+    mode="reflect",
+    storage_dtype="float32",
+    chunk_size=4096,
+    batch_size=32,
+    device="auto",
+    verbose=False,
+    random_state=None,
+):
+    """Build SPADE as a scikit-learn Pipeline: backbone features, then nearest neighbours.
 
+    The result is a :class:`~skpadim.StreamingPipeline` of ``BackboneFeatures(layers=...)``
+    and ``SPADE(layer_channels=..., layer_strides=...)`` with the layers, channel split and
+    strides filled in for ``backbone``, so the pipeline behaves as the paper describes; its
+    ``fit`` and scoring methods move ``batch_size`` images at a time through it (the
+    gallery itself grows with the training set, see :class:`SPADE`'s memory note).
 
-def _image_slices(X, batch_size):
-    n = n_images(X)
-    return (X[start : start + batch_size] for start in range(0, n, batch_size))
+    Parameters
+    ----------
+    backbone : str, default="wide_resnet50_2"
+        The paper uses Wide ResNet-50-2 (torchvision downloads its weights on first use);
+        "efficientnet_lite0" runs offline from the ``skpadim[lite0]`` extra; "resnet18" and
+        "efficientnet_b5" work too.
+    layers : list of str or None, default=None
+        Layers to tap, the image-level layer last; None for
+        :data:`~skpadim.detectors.SPADE_LAYERS` (ResNets:
+        layer1-3 for pixels and layer4 for images, as in the paper; Lite0: stages 2, 3, 5
+        and the head).
+    weights, resize, crop, interpolation, device, verbose, random_state
+        Passed to :class:`~skpadim.BackboneFeatures` (``interpolation`` and ``device`` to
+        :class:`~skpadim.SPADE` too).
+    batch_size : int, default=32
+        Images the pipeline moves through its steps at a time (the backbone's forward
+        batch is :class:`~skpadim.BackboneFeatures`' "auto").
+    n_neighbors, kappa, calibration, contamination, sigma, mode, storage_dtype, chunk_size
+        Passed to :class:`~skpadim.SPADE`.
 
+    Returns
+    -------
+    pipeline : StreamingPipeline
+        Steps ``backbonefeatures`` and ``spade``.
 
-def _final_detector(estimator):
-    transformers, final = _split(estimator)
-    if not hasattr(final, "anomaly_maps"):
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim import anomaly_maps
+    >>> from skpadim.detectors import make_spade
+    >>> rng = np.random.RandomState(0)
+    >>> train = rng.randint(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    >>> pipe = make_spade("resnet18", weights=None, resize=64, crop=None, n_neighbors=3,
+    ...                   random_state=0).fit(train)
+    >>> pipe[-1].layer_channels, pipe[-1].layer_strides
+    ([64, 128, 256, 512], [1, 2, 4, 8])
+    >>> pipe.score_samples(train[:2]).shape, anomaly_maps(pipe, train[:2]).shape
+    ((2,), (2, 64, 64))
+    """
+    if backbone not in BACKBONES:
         raise ConfigurationError(
-            f"{type(final).__name__} has no anomaly_maps method; the pipeline must end in "
-            "PatchGaussian, SPADE, VAE or another skpadim detector"
-        )
-    return transformers, final
-
-
-def anomaly_maps(estimator, X, batch_size=64):
-    """Anomaly maps ``(n, H, W)`` at image resolution from a fitted pipeline or detector.
-
-    This is the pipeline-level counterpart of the detectors' own ``anomaly_maps`` method
-    (a plain sklearn Pipeline forwards only its standard methods): ``X`` goes through every
-    step but the last, ``batch_size`` images at a time, and the final detector turns the
-    features into maps. Higher values are more anomalous. For scores and labels of the same
-    images without a second pass, use :func:`inspect_images`.
-
-    Parameters
-    ----------
-    estimator : Pipeline or detector
-        A fitted pipeline ending in :class:`PatchGaussian`, ``SPADE`` or ``VAE`` (or any
-        estimator with an ``anomaly_maps`` method), or such a detector on its own.
-    X : array-like or list of paths
-        Images, in any form the pipeline's first step accepts.
-    batch_size : int, default=64
-        Images sent through the pipeline at once; bounds memory on large test sets.
-
-    Returns
-    -------
-    maps : ndarray of shape (n_samples, H, W), dtype float32
-        One map per image; an image's anomaly score (``-score_samples``) is its maximum.
-
-    See Also
-    --------
-    PatchGaussian.anomaly_maps : The same maps from feature maps, for the detector alone.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skpadim import make_padim, anomaly_maps
-    >>> rng = np.random.RandomState(0)
-    >>> images = rng.randint(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    >>> pipe = make_padim("efficientnet_lite0", n_features=10, weights=None, resize=32,
-    ...                   crop=None, random_state=0).fit(images)
-    >>> maps = anomaly_maps(pipe, images, batch_size=2)
-    >>> maps.shape, maps.dtype
-    ((4, 32, 32), dtype('float32'))
-    >>> bool(np.allclose(maps.max(axis=(1, 2)), -pipe.score_samples(images)))
-    True
-    """
-    transformers, final = _final_detector(estimator)
-    return np.concatenate([
-        final.anomaly_maps(_transform(transformers, part))
-        for part in _image_slices(X, batch_size)
-    ])
-
-
-def iter_inspect_images(estimator, X, batch_size=32):
-    """Yield ``(start, Inspection)`` for consecutive batches of ``X``: flat memory.
-
-    Each batch goes through the backbone once; its maps, image anomaly scores and labels
-    come from that one pass. ``start`` is the index of the batch's first image. Write each
-    batch's results out (as the command line does) and memory stays flat however many
-    images there are.
-
-    Parameters
-    ----------
-    estimator : Pipeline or detector
-        As for :func:`anomaly_maps`.
-    X : array-like or list of paths
-        Images.
-    batch_size : int, default=32
-        Images per batch.
-
-    Yields
-    ------
-    start : int
-        Index in ``X`` of the batch's first image.
-    inspection : Inspection
-        The batch's ``maps``, ``anomaly_scores`` and ``labels``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skpadim import make_padim, iter_inspect_images
-    >>> images = np.random.RandomState(0).randint(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    >>> pipe = make_padim("resnet18", n_features=10, weights=None, resize=None, crop=None,
-    ...                   random_state=0).fit(images)
-    >>> [(start, part.maps.shape) for start, part in iter_inspect_images(pipe, images, 2)]
-    [(0, (2, 32, 32)), (2, (2, 32, 32)), (4, (1, 32, 32))]
-    """
-    transformers, final = _final_detector(estimator)
-    for k, part in enumerate(_image_slices(X, batch_size)):
-        maps, scores = final._maps_and_scores(_transform(transformers, part))
-        labels = np.where(-scores - final.offset_ >= 0, 1, -1)
-        yield k * batch_size, Inspection(maps, scores, labels)
-
-
-def inspect_images(estimator, X, batch_size=32):
-    """Anomaly maps, image anomaly scores and labels of ``X`` from one pass.
-
-    Calling ``anomaly_maps`` and then ``score_samples`` runs the backbone twice on the same
-    images; this runs it once. The scores equal ``-estimator.score_samples(X)`` and the
-    labels ``estimator.predict(X)``.
-
-    Parameters
-    ----------
-    estimator : Pipeline or detector
-        As for :func:`anomaly_maps`.
-    X : array-like or list of paths
-        Images.
-    batch_size : int, default=32
-        Images sent through the pipeline at once.
-
-    Returns
-    -------
-    inspection : Inspection
-        ``maps`` (n, H, W), ``anomaly_scores`` (n,), higher = more anomalous, and
-        ``labels`` (n,), +1 normal / -1 anomalous.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skpadim import make_padim, inspect_images
-    >>> images = np.random.RandomState(0).randint(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    >>> pipe = make_padim("resnet18", n_features=10, weights=None, resize=None, crop=None,
-    ...                   random_state=0).fit(images)
-    >>> result = inspect_images(pipe, images)
-    >>> result.maps.shape
-    (6, 32, 32)
-    >>> bool(np.array_equal(result.anomaly_scores, -pipe.score_samples(images)))
-    True
-    >>> bool(np.array_equal(result.labels, pipe.predict(images)))
-    True
-    """
-    parts = [part for _, part in iter_inspect_images(estimator, X, batch_size)]
-    return Inspection(*(np.concatenate(field) for field in zip(*parts)))
-
-
-def _fit_transformers(transformers, X, batch_size):
-    """Fit the steps before the detector, in order, without holding all features at once.
-
-    A step with ``partial_fit`` learns from the data (:class:`~skpadim.PatchPCA`): it gets
-    one pass over every image, batch by batch. The others (the backbone, the channel draw)
-    learn nothing from the images but their shape, and are fitted on the first image.
-    """
-    for k, (_, step) in enumerate(transformers.steps):
-        before = transformers[:k] if k else None
-        if hasattr(step, "partial_fit"):
-            parts = _image_slices(X, batch_size)
-            step.fit(_transform(before, next(parts)))  # fit: a refit starts from scratch
-            for part in parts:
-                step.partial_fit(_transform(before, part))
-        else:
-            step.fit(_transform(before, X[:1]))
-
-
-def _stream_fit(pipeline, X, batch_size, progress=None):
-    """Fit ``pipeline`` a batch at a time; its final step has ``partial_fit``."""
-    transformers, final = _split(pipeline)
-    if not hasattr(final, "partial_fit"):
-        raise ConfigurationError(f"{type(final).__name__} has no partial_fit; use pipeline.fit")
-    if n_images(X) < 2:
-        raise InvalidImageError("fitting needs at least 2 training images")
-    if hasattr(final, "_reset"):
-        final._reset()  # a refit starts from scratch, as fit would
-    if transformers is not None:
-        _fit_transformers(transformers, X, batch_size)
-    close = progress is True
-    if close:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=n_images(X), desc="fit", unit="img")
-    try:
-        for part in _image_slices(X, batch_size):
-            final.partial_fit(_transform(transformers, part))
-            if progress:
-                progress.update(len(part))
-    finally:
-        if close:
-            progress.close()
-    if hasattr(final, "_ensure_finished"):
-        # Factors and threshold once, now, so that a fit's errors surface in fit.
-        final._ensure_finished()
-    return pipeline
-
-
-def fit_in_batches(pipeline, X, batch_size=64, progress=None):
-    """Fit a pipeline whose last step has ``partial_fit``, ``batch_size`` images at a time.
-
-    ``Pipeline.fit`` computes the features of every training image before the last step
-    sees any: with thousands of images that alone can exceed memory. Here the transformers
-    are fitted on the first batch (the backbone and the channel draw do not learn from data;
-    a step with ``partial_fit``, such as :class:`~skpadim.PatchPCA`, gets its own pass over
-    every image) and the last step is updated batch by batch with ``partial_fit``, so peak
-    memory does not grow with the number of images. The detector's threshold comes from
-    training samples it kept on the way (see ``PatchGaussian.calibration_size``), so no image
-    goes through the backbone twice. The model equals that of ``pipeline.fit(X)``.
-
-    :class:`StreamingPipeline` (what :func:`make_padim` returns) does this in its own
-    ``fit``; this function is for a hand-made ``sklearn.pipeline.Pipeline``.
-
-    Parameters
-    ----------
-    pipeline : sklearn.pipeline.Pipeline
-        For instance from :func:`make_padim`. Fitted in place.
-    X : array-like or list of paths
-        Normal training images.
-    batch_size : int, default=64
-        Images per step.
-    progress : bool or tqdm-like, default=None
-        True shows a progress bar over the images; an object with an ``update(n)`` method
-        (a ``tqdm`` bar) is advanced by each batch's images.
-
-    Returns
-    -------
-    pipeline : sklearn.pipeline.Pipeline
-        The fitted pipeline.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn.pipeline import make_pipeline
-    >>> from skpadim import (BackboneFeatures, PatchGaussian, RandomFeatureSelector,
-    ...                      fit_in_batches)
-    >>> rng = np.random.RandomState(0)
-    >>> images = rng.randint(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    >>> pipe = make_pipeline(BackboneFeatures(weights=None, resize=None, crop=None,
-    ...                                       random_state=0),
-    ...                      RandomFeatureSelector(n_features=10, random_state=0),
-    ...                      PatchGaussian())
-    >>> pipe = fit_in_batches(pipe, images, batch_size=4)   # batches of 4 and 2 images
-    >>> pipe[-1].n_samples_seen_
-    6
-    """
-    return _stream_fit(pipeline, _as_indexable(X), batch_size, progress)
+            f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    layers = list(SPADE_LAYERS[backbone] if layers is None else layers)
+    channels, strides = _probe_layers(backbone, layers)
+    features = BackboneFeatures(
+        backbone=backbone, layers=layers, weights=weights, resize=resize, crop=crop,
+        interpolation=interpolation, upsample="nearest",
+        device=device, verbose=verbose, random_state=random_state,
+    )
+    return _make_streaming_pipeline(
+        features,
+        SPADE(
+            n_neighbors=n_neighbors, kappa=kappa, layer_channels=channels,
+            layer_strides=strides, calibration=calibration, chunk_size=chunk_size,
+            storage_dtype=storage_dtype, contamination=contamination,
+            map_size=crop if crop is not None else resize, interpolation=interpolation,
+            sigma=sigma, mode=mode, device=device,
+        ),
+        batch_size=batch_size,
+    )

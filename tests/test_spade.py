@@ -185,7 +185,7 @@ def test_kappa_one_patch_search_matches_brute_force_for_any_chunk_size(pyramid, 
 
 @pytest.mark.parametrize("block, chunk_size", [(2, 100), (5, 100), (64, 100), (1024, 3)])
 def test_nearest_one_is_exact_and_searches_every_block(monkeypatch, block, chunk_size):
-    from skpadim.detectors import _spade as spade
+    from skpadim.detectors import _neighbors as spade
 
     # Blocks of `block` gallery rows (of 23), or of 3 queries (of 4) by 3 rows (chunk_size
     # bounds both), the last ones shorter.
@@ -454,7 +454,7 @@ def test_pipeline_with_backbone_features_round_trips(tmp_path):
 @pytest.mark.parametrize("size, stride", [(56, 4), (122, 8), (183, 16), (198, 4)])
 def test_native_cells_are_found_where_torch_put_them(size, stride):
     """torch's nearest resize uses a float32 scale; at these sizes a closed form is off."""
-    from skpadim.spade import _native_indices
+    from skpadim.detectors._spade_gallery import _native_indices
 
     coarse = -(-size // stride)
     cells = torch.from_numpy(np.random.RandomState(0).rand(1, 1, coarse, coarse)).float()

@@ -365,9 +365,9 @@ def test_spade_default_pixel_threshold_comes_from_leave_one_out_maps(spade_maps)
 
 
 def test_spade_pixel_threshold_uses_a_bounded_sample(spade_maps, monkeypatch):
-    from skpadim.detectors import _spade
+    from skpadim.detectors import _spade as spade_module
 
-    monkeypatch.setattr(_spade, "PIXEL_CALIBRATION_IMAGES", 5)
+    monkeypatch.setattr(spade_module, "PIXEL_CALIBRATION_IMAGES", 5)
     model = _spade(calibration="in-sample").fit(spade_maps)
     assert len(model._leave_one_out_map_maxima()) == 5
     assert model.pixel_threshold_ > 0  # leave-one-out even with in-sample calibration

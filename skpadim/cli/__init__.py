@@ -175,8 +175,13 @@ def main(argv=None):
               "export, demo)", file=sys.stderr)
         return EXIT_USAGE
 
-    from ..exceptions import (DatasetError, InvalidImageError, ModelFileError, SkpadimError,
-                              WeightsError)
+    from ..exceptions import (
+        DatasetError,
+        InvalidImageError,
+        ModelFileError,
+        SkpadimError,
+        WeightsError,
+    )
 
     def fail(code, message):
         print(f"skpadim {args.command}: error: {message}", file=sys.stderr)

@@ -187,8 +187,8 @@ def open_data(args):
 
 def open_model(args):
     """The model file ``args.model``, checked and on ``args.device`` (exit 4 if unusable)."""
-    from ..io._persistence import file_format
     from ..inspection import open_model as _open
+    from ..io._persistence import file_format
 
     path = args.model
     if os.path.isfile(path) and not args.allow_pickle and file_format(path) == "pickle":

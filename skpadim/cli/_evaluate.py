@@ -58,12 +58,14 @@ def add_parser(commands, parents):
 def run(args, log):
     import numpy as np
 
+    from ..evaluation._report import metrics_markdown, write_report
+    from ..evaluation._scored import ScoredSet, select_for_overlays
     from ..exceptions import DatasetError
+    from ..features._geometry import restore_geometry
+    from ..features._image_files import image_size
     from ..inspection import FileInspection, ModelMasks, model_geometry
-    from ..io._outputs import ResultsWriter
+    from ..io._results import ResultsWriter
     from ..pipeline import iter_inspect_images
-    from ..features._preprocessing import image_size, restore_geometry
-    from ..evaluation._report import ScoredSet, metrics_markdown, select_for_overlays, write_report
 
     model = open_model(args)
     geometry = model_geometry(model)

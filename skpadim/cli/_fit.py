@@ -124,7 +124,7 @@ def _build(args, resize, crop):
         return make_padim(args.backbone, n_features, layers=layers, weights=args.weights,
                           resize=resize, crop=crop, **common)
     if args.method == "spade":
-        from ..detectors._spade import make_spade
+        from ..pipeline import make_spade
 
         return make_spade(args.backbone, layers=layers, weights=args.weights, resize=resize,
                           crop=crop, n_neighbors=args.n_neighbors, **common)
@@ -191,8 +191,8 @@ def _describe(args, model, resize, crop):
 
 def run(args, log):
     from ..exceptions import DatasetError
+    from ..features._image_files import image_size
     from ..pipeline import fit_in_batches
-    from ..features._preprocessing import image_size
 
     data = open_data(args)
     log.info(data.description)

@@ -17,8 +17,8 @@ class ImageOutputs:
 
     def __init__(self, out_dir, model, *, maps="npy", masks=True, overlays=True,
                  panels=True):
+        from ..evaluation._overlay import heat_range
         from ..inspection import detector_method
-        from ..evaluation._report import heat_range
 
         final = model.steps[-1][1] if hasattr(model, "steps") else model
         self.out_dir = os.fspath(out_dir)
@@ -41,9 +41,9 @@ class ImageOutputs:
         """
         import numpy as np
 
-        from ..io._outputs import save_map, save_mask
-        from ..features._preprocessing import read_image
-        from ..evaluation._report import save_overlay, save_panel
+        from ..evaluation._pictures import save_overlay, save_panel
+        from ..features._image_files import read_image
+        from ..io._maps import save_map, save_mask
 
         anomaly_map = result.anomaly_map
         predicted = np.nan_to_num(anomaly_map, nan=-np.inf) > self.pixel_threshold

@@ -76,11 +76,11 @@ def _columns(args):
 
 def run(args, log):
     from ..datasets import find_images, match_masks, output_names, read_masks
-    from ..exceptions import DatasetError
-    from ..features._preprocessing import image_size
-    from ..inspection import iter_inspect_files
-    from ..io._outputs import ResultsWriter
     from ..evaluation._thresholds import normalize_scores
+    from ..exceptions import DatasetError
+    from ..features._image_files import image_size
+    from ..inspection import iter_inspect_files
+    from ..io._results import ResultsWriter
 
     model = open_model(args)
     paths, keys = find_images(args.images)

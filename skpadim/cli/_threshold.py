@@ -72,9 +72,9 @@ def add_parser(commands, parents):
 
 
 def run(args, log):
+    from ..evaluation._thresholds import tune_thresholds
     from ..exceptions import DatasetError
     from ..inspection import ModelMasks
-    from ..evaluation._thresholds import tune_thresholds
 
     rules = {"image": None if args.image == "keep" else args.image,
              "pixel": None if args.pixel == "keep" else args.pixel}

@@ -6,7 +6,7 @@ from numbers import Integral
 import numpy as np
 
 from ..exceptions import DatasetError, InvalidImageError
-from ..features._preprocessing import image_size, read_image
+from ..features._image_files import image_size, read_image
 
 __all__ = ["read_masks"]
 

@@ -7,14 +7,9 @@ import torch
 from sklearn.utils import check_random_state
 
 from ..exceptions import InvalidImageError
-from ..features._preprocessing import (
-    _array_to_tensor,
-    _is_path_list,
-    _pair,
-    n_images,
-    read_image,
-    resize_and_crop,
-)
+from ..features._geometry import _pair, resize_and_crop
+from ..features._image_files import _is_path_list, read_image
+from ..features._images import _array_to_tensor, n_images
 from ._masks import load_mask
 
 __all__ = ["make_rd_mvtec"]

@@ -19,19 +19,31 @@ from typing import TYPE_CHECKING
 from .._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(__name__, {
-    "._gaussian": ["PatchGaussian", "PatchMoments", "leave_one_out_distances", "mahalanobis",
-                   "pack_upper", "precision_cholesky", "unpack_symmetric", "unpack_upper"],
+    "._gaussian": ["PatchGaussian"],
+    "._moments": ["PatchMoments"],
+    "._mahalanobis": ["precision_cholesky", "mahalanobis", "leave_one_out_distances"],
+    "._packed": ["pack_upper", "unpack_symmetric", "unpack_upper"],
     "._shrinkage": ["covariance_traces", "ledoit_wolf_shrinkage", "oas_shrinkage",
                     "shrunk_covariance"],
-    "._spade": ["SPADE", "SPADE_LAYERS", "PIXEL_CALIBRATION_IMAGES", "nearest_neighbors"],
-    "._vae": ["VAE", "ConvVAE", "augment_batch", "elbo_loss", "reconstruction_errors",
-              "train_vae"],
+    "._spade": ["SPADE", "SPADE_LAYERS", "PIXEL_CALIBRATION_IMAGES"],
+    "._neighbors": ["nearest_neighbors"],
+    "._vae": ["VAE"],
+    "._vae_network": ["ConvVAE", "augment_batch", "elbo_loss", "reconstruction_errors",
+                      "train_vae"],
 })
 
 if TYPE_CHECKING:  # what static tools and IDEs see
-    from ._gaussian import (PatchGaussian, PatchMoments, leave_one_out_distances, mahalanobis,
-                            pack_upper, precision_cholesky, unpack_symmetric, unpack_upper)
-    from ._shrinkage import (covariance_traces, ledoit_wolf_shrinkage, oas_shrinkage,
-                             shrunk_covariance)
-    from ._spade import PIXEL_CALIBRATION_IMAGES, SPADE, SPADE_LAYERS, nearest_neighbors
-    from ._vae import VAE, ConvVAE, augment_batch, elbo_loss, reconstruction_errors, train_vae
+    from ._gaussian import PatchGaussian
+    from ._mahalanobis import leave_one_out_distances, mahalanobis, precision_cholesky
+    from ._moments import PatchMoments
+    from ._neighbors import nearest_neighbors
+    from ._packed import pack_upper, unpack_symmetric, unpack_upper
+    from ._shrinkage import (
+        covariance_traces,
+        ledoit_wolf_shrinkage,
+        oas_shrinkage,
+        shrunk_covariance,
+    )
+    from ._spade import PIXEL_CALIBRATION_IMAGES, SPADE, SPADE_LAYERS
+    from ._vae import VAE
+    from ._vae_network import ConvVAE, augment_batch, elbo_loss, reconstruction_errors, train_vae

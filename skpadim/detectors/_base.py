@@ -2,14 +2,14 @@
 
 A detector subclass supplies ``_patch_distances(X)``: ``(n, h, w)`` patch-level distances
 (higher = more anomalous) for spatial input, or ``(n,)`` for plain 2-D feature vectors. This
-mixin turns them into maps and image scores through :mod:`skpadim.scoring`, and into sklearn's
-conventions: ``score_samples`` (higher = more normal), ``offset_`` from ``contamination``,
+mixin turns them into maps and image scores through :mod:`skpadim.detectors.scoring`, and into
+sklearn's conventions: ``score_samples`` (higher = more normal), ``offset_`` from ``contamination``,
 ``decision_function`` and ``predict``.
 
 **Thresholds.** An image is anomalous when its anomaly score is strictly above
 ``image_threshold_`` (``-offset_``); a pixel when its map value is strictly above
 ``pixel_threshold_``. ``fit`` sets both from ``contamination``; ``set_thresholds`` fixes
-them (:mod:`skpadim.thresholds` chooses them on validation images). A fixed pixel threshold
+them (:mod:`skpadim.evaluation` chooses them on validation images). A fixed pixel threshold
 is kept in ``_pixel_threshold``; None (and models saved before it existed) means the
 default rule of ``_default_pixel_threshold``.
 
@@ -22,18 +22,18 @@ point calls ``_ensure_finished`` first.
 """
 
 import math
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-import warnings
-
-from . import scoring
 from .._compat import Interval, StrOptions
 from .._labels import as_anomaly_labels
 from ..exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
+from . import scoring
+
 
 def _n_samples(X):
     shape = getattr(X, "shape", None)
@@ -118,7 +118,7 @@ class AnomalyMapMixin(OutlierMixin):
 
         The values replace the ``contamination`` rule until the next fit, and are saved
         with the model (:func:`skpadim.save`, :func:`skpadim.export_onnx`).
-        :func:`skpadim.thresholds.tune_thresholds` chooses them on validation images.
+        :func:`skpadim.evaluation.tune_thresholds` chooses them on validation images.
         While no pixel threshold is set, PatchGaussian's and the VAE's follows the image
         threshold.
 

@@ -26,7 +26,7 @@ class SystematicSample:
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim._calibration import SystematicSample
+    >>> from skpadim.detectors._calibration import SystematicSample
     >>> sample = SystematicSample(capacity=4)
     >>> for batch in np.array_split(np.arange(10.0)[:, None], 3):
     ...     sample.add(batch)

@@ -10,7 +10,7 @@ with an intensity ``rho`` estimated from the data, per position. The functions h
 :class:`sklearn.covariance.OAS` and :class:`sklearn.covariance.LedoitWolf` (with
 ``assume_centered=False``) exactly, but from a few per-position statistics instead of the
 samples, so that they can be computed from streamed, mergeable moments
-(:class:`skpadim.gaussian.PatchMoments`) and vectorised over positions:
+(:class:`skpadim.detectors.PatchMoments`) and vectorised over positions:
 
 - :func:`oas_shrinkage` needs ``n``, ``tr S`` and ``tr S^2``;
 - :func:`ledoit_wolf_shrinkage` also needs ``sum_i ||x_i - mean||^4``;
@@ -39,7 +39,7 @@ def covariance_traces(covariance):
     Examples
     --------
     >>> import torch
-    >>> from skpadim.shrinkage import covariance_traces
+    >>> from skpadim.detectors import covariance_traces
     >>> trace, trace_sq = covariance_traces(torch.tensor([[[2.0, 1.0], [1.0, 3.0]]]))
     >>> trace.tolist(), trace_sq.tolist()                # 2 + 3, 4 + 1 + 1 + 9
     ([5.0], [15.0])
@@ -79,7 +79,7 @@ def oas_shrinkage(n_samples, trace, trace_sq, n_features):
     --------
     >>> import numpy as np, torch
     >>> from sklearn.covariance import OAS
-    >>> from skpadim.shrinkage import covariance_traces, oas_shrinkage
+    >>> from skpadim.detectors import covariance_traces, oas_shrinkage
     >>> X = np.random.RandomState(0).normal(size=(10, 4))
     >>> S = torch.from_numpy(np.cov(X.T, bias=True))[None]     # one position, divided by n
     >>> rho = oas_shrinkage(10, *covariance_traces(S), n_features=4)
@@ -117,7 +117,7 @@ def ledoit_wolf_shrinkage(n_samples, trace, trace_sq, fourth_moment, n_features)
         ``tr S`` and ``tr S^2`` of the maximum-likelihood covariances (divided by ``n``).
     fourth_moment : torch.Tensor of shape (n_positions,)
         ``sum_i ||x_i - mean||^4`` (a sum, not a mean), see
-        :meth:`skpadim.gaussian.PatchMoments.centred_fourth_moment`.
+        :meth:`skpadim.detectors.PatchMoments.centred_fourth_moment`.
     n_features : int
         Dimension ``d``.
 
@@ -130,7 +130,7 @@ def ledoit_wolf_shrinkage(n_samples, trace, trace_sq, fourth_moment, n_features)
     --------
     >>> import numpy as np, torch
     >>> from sklearn.covariance import LedoitWolf
-    >>> from skpadim.shrinkage import covariance_traces, ledoit_wolf_shrinkage
+    >>> from skpadim.detectors import covariance_traces, ledoit_wolf_shrinkage
     >>> X = np.random.RandomState(0).normal(size=(10, 4))
     >>> Z = X - X.mean(axis=0)
     >>> S = torch.from_numpy(Z.T @ Z / 10)[None]
@@ -170,7 +170,7 @@ def shrunk_covariance(covariance, shrinkage):
     Examples
     --------
     >>> import torch
-    >>> from skpadim.shrinkage import shrunk_covariance
+    >>> from skpadim.detectors import shrunk_covariance
     >>> S = torch.tensor([[[3.0, 1.0], [1.0, 1.0]]])                    # tr(S) / d = 2
     >>> shrunk_covariance(S, torch.tensor([0.5])).tolist()
     [[[2.5, 0.5], [0.5, 1.5]]]

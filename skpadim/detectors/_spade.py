@@ -9,36 +9,42 @@ works in two stages:
    holding every position of those nearest training images, and scores the mean distance to
    its ``kappa`` nearest gallery vectors. Each pyramid layer is searched at its own
    resolution; the per-layer maps are interpolated to the finest grid and averaged, and
-   :mod:`skpadim.scoring` upsamples and smooths them like every other detector's.
+   :mod:`skpadim.detectors.scoring` upsamples and smooths them like every other detector's.
 
-:func:`~skpadim.spade.nearest_neighbors` is the search itself: exact, over torch tensors, in chunks of bounded
-size. :class:`~skpadim.SPADE` is the scikit-learn estimator around it, and :func:`~skpadim.make_spade` builds the
-paper's pipeline (:class:`~skpadim.BackboneFeatures` followed by :class:`~skpadim.SPADE`).
+:class:`~skpadim.SPADE` is the scikit-learn estimator, alone in this module: a thin shell over
+:func:`~skpadim.detectors.nearest_neighbors` (in ``_neighbors``: the search itself, exact, over
+torch tensors, in chunks of bounded size) and ``_spade_gallery`` (the stored training
+features and the two searches run on them). The module reads better whole: most of its
+length is the class's documentation (input layout, memory, thresholds), which no split would
+shorten. :func:`~skpadim.make_spade`, in :mod:`skpadim.pipeline`, builds the paper's pipeline
+(:class:`~skpadim.BackboneFeatures` followed by :class:`~skpadim.SPADE`).
 """
 
-import math
 import warnings
 from numbers import Integral
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from . import scoring
 from .._compat import Interval, StrOptions, _fit_context
-from ._base import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
-from .._torch import resolve_device
 from .._validation import validate_feature_maps
 from .._versioning import VersionedStateMixin
-from ..features.backbones import BACKBONES, build_trunk
-from ..exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
-from ..features._extraction import BackboneFeatures
-from ..pipeline import _make_streaming_pipeline
+from ..exceptions import InvalidImageError, SkpadimWarning
+from ._base import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
+from ._spade_gallery import (
+    _gallery_part,
+    _image_vectors,
+    _join_gallery,
+    _layer_groups,
+    _leave_one_out_map_maxima,
+    _mean_distances,
+    _native_layers,
+    _patch_distances,
+)
 
-__all__ = ["nearest_neighbors", "SPADE", "make_spade", "SPADE_LAYERS",
-           "PIXEL_CALIBRATION_IMAGES"]
+__all__ = ["SPADE", "SPADE_LAYERS", "PIXEL_CALIBRATION_IMAGES"]
 
 #: Most training images whose leave-one-out anomaly maps set SPADE's default pixel threshold
 #: (spread evenly over the training set): a bounded cost, that of scoring as many images.
@@ -52,218 +58,6 @@ SPADE_LAYERS = {
     "efficientnet_b5": ("blocks.7", "blocks.20", "blocks.26", "head"),
     "efficientnet_lite0": ("stage2", "stage3", "stage5", "head"),
 }
-
-
-def _select_rows(gallery, rows, start, stop):
-    if rows is None:
-        return gallery[start:stop]
-    return gallery.index_select(0, rows[start:stop])
-
-
-def _chunk_smallest(d2, k):
-    """The ``k`` smallest entries of each row of ``d2`` and their column positions."""
-    if k == 1:
-        values, positions = d2.min(dim=1, keepdim=True)
-        return values, positions
-    return torch.topk(d2, k, dim=1, largest=False)
-
-
-def _exact_distances(queries, gallery, rows, positions, budget):
-    """Euclidean distances between each query and its selected gallery vectors, computed from
-    differences (the fast ``|q|^2 + |g|^2 - 2 q.g`` form loses digits for close pairs)."""
-    m, k = positions.shape
-    d = queries.shape[1]
-    out = torch.empty(m, k, dtype=queries.dtype, device=queries.device)
-    step = max(1, budget // max(1, k * d))
-    for start in range(0, m, step):
-        pos = positions[start : start + step].cpu()
-        index = pos.reshape(-1) if rows is None else rows[pos.reshape(-1)]
-        neighbours = gallery.index_select(0, index).to(queries.device, queries.dtype)
-        diff = queries[start : start + step, None, :] - neighbours.view(-1, k, d)
-        out[start : start + step] = torch.linalg.vector_norm(diff, dim=2)
-    return out
-
-
-def nearest_neighbors(queries, gallery, n_neighbors, *, rows=None, exclude=None,
-                      chunk_size=4096, gallery_norms=None):
-    """Exact nearest gallery vectors of each query, by Euclidean distance, in chunks.
-
-    The search compares blocks of at most ``chunk_size`` queries with blocks of at most
-    ``chunk_size`` gallery vectors, keeping a running list of the best candidates, so memory
-    stays bounded whatever the gallery size, and every gallery vector is compared (the last
-    block is simply shorter). Candidates are ranked by ``|g|^2 - 2 q.g``, which orders them as
-    the squared distance ``|q|^2 + |g|^2 - 2 q.g`` does, at the cost of one matrix product
-    per block; the distances returned are then recomputed from the differences ``q - g``, so
-    they are exact to floating-point precision even for near-duplicates.
-
-    Parameters
-    ----------
-    queries : torch.Tensor of shape (m, d)
-        Float32 or float64, on the device the search runs on.
-    gallery : torch.Tensor of shape (N, d)
-        Any float dtype (float16 storage is converted one block at a time), on the CPU or
-        the queries' device.
-    n_neighbors : int
-        Neighbours per query; at most the number of candidates (minus one with ``exclude``).
-    rows : torch.LongTensor of shape (r,) or None, default=None
-        Search only ``gallery[rows]`` (without copying it). Returned indices are positions in
-        ``rows``.
-    exclude : torch.LongTensor of shape (m,) or None, default=None
-        For each query, one candidate position to skip (its own entry, for leave-one-out
-        scores), or -1 for none.
-    chunk_size : int, default=4096
-        Block size. The largest temporary holds ``chunk_size ** 2`` distances.
-    gallery_norms : torch.Tensor of shape (N,) or None, default=None
-        Squared norms of the gallery vectors (on the gallery's device), when the caller
-        searches the same gallery many times; None computes them block by block.
-
-    Returns
-    -------
-    distances : torch.Tensor of shape (m, n_neighbors)
-        Sorted ascending, in the queries' dtype.
-    indices : torch.LongTensor of shape (m, n_neighbors)
-        Positions of the neighbours in ``gallery`` (or in ``rows``).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skpadim.spade import nearest_neighbors
-    >>> gallery = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]])
-    >>> dist, idx = nearest_neighbors(torch.tensor([[0.0, 0.1]]), gallery, 2, chunk_size=2)
-    >>> idx.tolist(), [round(v, 4) for v in dist[0].tolist()]
-    ([[0, 2]], [0.1, 1.005])
-    """
-    n_candidates = gallery.shape[0] if rows is None else rows.shape[0]
-    available = n_candidates - (exclude is not None)
-    if not 1 <= n_neighbors <= available:
-        raise ConfigurationError(
-            f"cannot find {n_neighbors} neighbours among {available} candidates; lower "
-            "n_neighbors"
-        )
-    device, dtype = queries.device, queries.dtype
-    if exclude is not None:
-        exclude = exclude.to(device)
-    found_d, found_i = [], []
-    for q_start in range(0, queries.shape[0], chunk_size):
-        q = queries[q_start : q_start + chunk_size]
-        best_d2 = q.new_empty(len(q), 0)
-        best_i = torch.empty(len(q), 0, dtype=torch.long, device=device)
-        for g_start in range(0, n_candidates, chunk_size):
-            g = _select_rows(gallery, rows, g_start, g_start + chunk_size).to(device, dtype)
-            if gallery_norms is None:
-                g_sq = g.square().sum(dim=1)
-            else:
-                g_sq = _select_rows(gallery_norms, rows, g_start, g_start + chunk_size)
-                g_sq = g_sq.to(device, dtype)
-            # Squared distances up to the query's own |q|^2, which does not change the order.
-            d2 = torch.addmm(g_sq[None], q, g.T, alpha=-2)
-            if exclude is not None:
-                local = exclude[q_start : q_start + len(q)] - g_start
-                hit = ((local >= 0) & (local < len(g))).nonzero()[:, 0]
-                d2[hit, local[hit]] = torch.inf
-            values, positions = _chunk_smallest(d2, min(n_neighbors, len(g)))
-            best_d2 = torch.cat([best_d2, values], dim=1)
-            best_i = torch.cat([best_i, positions + g_start], dim=1)
-            if best_d2.shape[1] > n_neighbors:
-                best_d2, keep = _chunk_smallest(best_d2, n_neighbors)
-                best_i = best_i.gather(1, keep)
-        distances = _exact_distances(q, gallery, rows, best_i, chunk_size * chunk_size)
-        distances, order = distances.sort(dim=1)
-        found_d.append(distances)
-        found_i.append(best_i.gather(1, order))
-    return torch.cat(found_d), torch.cat(found_i)
-
-
-# Gallery rows per block of the kappa=1 search. A block of ``chunk_size`` queries by 1024
-# rows (up to 16 MB of float32 distances) stays in cache between the matrix product that
-# writes it and the minimum that reads it; 4096 x 4096 blocks do not, and measured several
-# times slower on EfficientNet-Lite0 at 224 px (benchmarks/bench_spade.py). Smaller blocks
-# saved little more and multiply the per-call overheads. ``chunk_size`` still bounds them.
-_BLOCK_ROWS = 1024
-
-
-def _nearest_one(queries, gallery, chunk_size):
-    """Exact distance from each query to its nearest gallery row: the kappa=1 patch search.
-
-    Same result as ``nearest_neighbors(queries, gallery, 1)`` to float rounding, faster on
-    the dense galleries SPADE searches: candidates are ranked by ``|g|^2 - 2 q.g`` from one
-    matrix product per block (the norms ride along as an extra column) into a reused
-    buffer, and each block is reduced with ``amin``, which skips the index bookkeeping of
-    ``min``. Only the winning block of each query is searched again for the position, and
-    the distance to that row is recomputed from the difference, so near-duplicates stay
-    exact.
-
-    Parameters
-    ----------
-    queries : torch.Tensor of shape (m, d), float32
-    gallery : torch.Tensor of shape (N, d), float32, contiguous, on the queries' device
-    chunk_size : int
-        At most ``chunk_size`` queries and ``chunk_size ** 2`` distances per block.
-
-    Returns
-    -------
-    distances : torch.Tensor of shape (m,)
-    """
-    # [q, 1] . [-2 g, |g|^2] = |g|^2 - 2 q.g; scaling by -2 is exact in binary floats.
-    augmented = torch.cat([gallery * -2, gallery.square().sum(dim=1, keepdim=True)], dim=1)
-    queries = torch.cat([queries, queries.new_ones(len(queries), 1)], dim=1)
-    n_queries = min(chunk_size, len(queries))
-    rows = max(1, min(_BLOCK_ROWS, chunk_size * chunk_size // n_queries))
-    blocks = augmented.split(rows)
-    buffer = queries.new_empty(n_queries, min(rows, len(augmented)))
-    block_min = queries.new_empty(len(blocks), len(queries))
-    for q_start in range(0, len(queries), n_queries):
-        q = queries[q_start : q_start + n_queries]
-        for b, block in enumerate(blocks):
-            d2 = buffer[: len(q), : len(block)]
-            torch.mm(q, block.T, out=d2)
-            torch.amin(d2, dim=1, out=block_min[b, q_start : q_start + len(q)])
-    best_block = block_min.argmin(dim=0)
-    index = torch.empty(len(queries), dtype=torch.long, device=queries.device)
-    for b in best_block.unique().tolist():
-        hit = (best_block == b).nonzero()[:, 0]
-        index[hit] = torch.mm(queries[hit], blocks[b].T).argmin(dim=1) + b * rows
-    diff = queries[:, :-1] - gallery.index_select(0, index)
-    return torch.linalg.vector_norm(diff, dim=1)
-
-
-def _join(parts):
-    """Concatenate arrays along axis 0, emptying ``parts`` as it goes: each part is freed
-    once copied (when nothing else holds it), so the peak is the result plus one part."""
-    out = np.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype)
-    start = 0
-    parts.reverse()
-    while parts:
-        part = parts.pop()
-        out[start : start + len(part)] = part
-        start += len(part)
-        del part
-    return out
-
-
-def _as_tensor(array):
-    """Zero-copy torch view of a stored array, also when it is read-only (a joblib memmap):
-    the search only reads it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
-
-
-def _native_indices(size, coarse):
-    """Positions on a grid of ``size`` that hold each of ``coarse`` nearest-upsampled cells.
-
-    Asked of torch's own "nearest" resize (what :func:`~skpadim.features.concat_layers`
-    uses): its float32 scale factor makes a closed form disagree at some sizes.
-    """
-    cells = torch.arange(coarse, dtype=torch.float32)[None, None, :, None]
-    upsampled = F.interpolate(cells, size=(size, 1), mode="nearest")[0, 0, :, 0].long()
-    first = torch.full((coarse,), -1, dtype=torch.long)
-    first.scatter_reduce_(0, upsampled, torch.arange(size), reduce="amin", include_self=False)
-    if (first < 0).any():
-        raise ConfigurationError(
-            f"a {coarse}-cell layer does not fit a {size}-position grid; check layer_strides"
-        )
-    return first.numpy()
 
 
 class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
@@ -312,7 +106,7 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
 
     **Thresholds.** SPADE's image score is not the maximum of its map, so its default pixel
     threshold comes from maps: at the end of a fit, the anomaly maps of at most
-    :data:`~skpadim.spade.PIXEL_CALIBRATION_IMAGES` (64) training images, spread evenly,
+    :data:`~skpadim.detectors.PIXEL_CALIBRATION_IMAGES` (64) training images, spread evenly,
     are computed leave-one-out (each image against its nearest *other* training images,
     whatever ``calibration`` says: in-sample, every patch would find itself at distance 0),
     and ``pixel_threshold_`` is the value a fraction ``contamination`` of their maxima
@@ -337,8 +131,8 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         "in-sample" lets each training image find itself (at distance 0) among its
         neighbours, sklearn's convention for training-set contamination.
     chunk_size : int, default=4096
-        Block size of the neighbour search (see :func:`~skpadim.spade.nearest_neighbors`): the largest
-        temporary holds ``chunk_size ** 2`` distances (64 MB in float32). Results do not
+        Block size of the neighbour search (see :func:`~skpadim.detectors.nearest_neighbors`): the
+        largest temporary holds ``chunk_size ** 2`` distances (64 MB in float32). Results do not
         depend on it.
     storage_dtype : {"float32", "float16"}, default="float32"
         Precision of the stored patch features; float16 halves the model. Distances are
@@ -397,7 +191,7 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim.spade import SPADE
+    >>> from skpadim.detectors import SPADE
     >>> rng = np.random.RandomState(0)
     >>> train = rng.normal(size=(20, 6, 8, 8)).astype(np.float32)  # 20 maps, 6 channels
     >>> test = rng.normal(size=(2, 6, 8, 8)).astype(np.float32)
@@ -473,53 +267,11 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
 
     def _groups(self, n_channels):
         """``[(start, stop, stride), ...]`` of each layer, checked against the input."""
-        channels = [n_channels] if self.layer_channels is None else list(self.layer_channels)
-        if self.layer_strides is None:
-            strides = [1] * len(channels)
-        elif self.layer_channels is None:
-            raise ConfigurationError(
-                f"layer_strides={self.layer_strides!r} needs layer_channels too (how the "
-                "channels split into layers); pass both, or use make_spade"
-            )
-        else:
-            strides = list(self.layer_strides)
-        bad = [v for v in channels + strides
-               if not isinstance(v, Integral) or isinstance(v, bool) or v < 1]
-        if not channels or bad or len(strides) != len(channels):
-            raise ConfigurationError(
-                f"layer_channels={self.layer_channels!r} and layer_strides="
-                f"{self.layer_strides!r} must be non-empty lists of positive ints of equal "
-                "length"
-            )
-        if sum(channels) != n_channels:
-            raise InvalidImageError(
-                f"layer_channels={list(channels)} add up to {sum(channels)} channels but the "
-                f"input has {n_channels}; pass BackboneFeatures.layer_channels_ of the "
-                "feature extractor in front (or build the pipeline with make_spade)"
-            )
-        bounds = np.cumsum([0] + channels)
-        return [(int(a), int(b), int(s)) for a, b, s in zip(bounds[:-1], bounds[1:], strides)]
+        return _layer_groups(n_channels, self.layer_channels, self.layer_strides)
 
     def _native_layers(self, X):
         """Split ``(n, C, h, w)`` into each layer's native map; returns (pixel maps, pooled)."""
-        h, w = X.shape[2:]
-        maps = []
-        for start, stop, stride in self._groups(X.shape[1]):
-            part = X[:, start:stop]
-            if stride > 1:
-                rows = _native_indices(h, math.ceil(h / stride))
-                cols = _native_indices(w, math.ceil(w / stride))
-                part = part[:, :, rows][:, :, :, cols]
-            maps.append(part)
-        pooled = maps[-1].mean(axis=(2, 3), dtype=np.float64)
-        pixel_maps = maps[:-1] if len(maps) > 1 else maps
-        return pixel_maps, pooled
-
-    def _image_vectors(self, X):
-        if X.ndim == 2:
-            start, stop, _ = self._groups(X.shape[1])[-1]
-            return X[:, start:stop]
-        return self._native_layers(X)[1]
+        return _native_layers(X, self._groups(X.shape[1]))
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -594,13 +346,7 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
 
     def _append(self, X):
         """Keep the features of ``X`` as one more pending chunk; ``_finish`` joins them."""
-        dtype = np.float16 if self.storage_dtype == "float16" else np.float32
-        if X.ndim == 2:
-            pixel, image = [], self._image_vectors(X)
-        else:
-            pixel, image = self._native_layers(X)
-            pixel = [np.ascontiguousarray(m.transpose(0, 2, 3, 1), dtype=dtype) for m in pixel]
-        image = np.asarray(image, dtype=np.float32)
+        image, pixel = _gallery_part(X, self._groups(X.shape[1]), self.storage_dtype)
         pending = self.__dict__.setdefault("_pending", [])
         if not pending and "_image_features" in self.__dict__:
             # partial_fit after the model was finished (and used): continue from its gallery.
@@ -620,12 +366,7 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         """Join the pending chunks into the gallery, then set ``offset_`` from it."""
         chunks = self.__dict__.pop("_pending", [])
         if chunks:
-            self._image_features = _join([image for image, _ in chunks])
-            # Each chunk is released as soon as it is copied, so the peak stays near one
-            # gallery plus one chunk instead of two galleries.
-            layers = [[pixel[k] for _, pixel in chunks] for k in range(len(chunks[0][1]))]
-            del chunks
-            self._patch_features = [_join(parts) for parts in layers]
+            self._image_features, self._patch_features = _join_gallery(chunks)
         self._unfinished = False
         if self.n_neighbors > self.n_samples_fit_:
             # Here, not in fit: a streamed fit (partial_fit batches) ends here too.
@@ -675,9 +416,8 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         if self.calibration == "in-sample":
             return -self._image_scores(queries)
         k = min(self.n_neighbors_ + 1, self.n_samples_fit_)
-        gallery = _as_tensor(self._image_features).to(queries.dtype)
-        distances, _ = self._search(queries, gallery, k)
-        return -distances[:, 1:].mean(dim=1).numpy()
+        return -_mean_distances(queries, self._image_features, k, self.chunk_size, self.device,
+                                skip=1)
 
     def _default_pixel_threshold(self):
         """The map value a fraction ``contamination`` of leave-one-out training maps'
@@ -700,46 +440,33 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         n = self.n_samples_fit_
         chosen = np.unique(np.linspace(0, n - 1, min(n, PIXEL_CALIBRATION_IMAGES))
                            .round().astype(np.int64))
-        k = min(self.n_neighbors_, n - 1)
-        gallery = _as_tensor(self._image_features)
         grid = self.__dict__.get("_grid")
         if grid is None:  # models saved before the grid was kept: the first layer's
             stride = 1 if self.layer_strides is None else int(self.layer_strides[0])
             grid = tuple(stride * g for g in self.layer_grids_[0])
-        maxima = []
-        for start in range(0, len(chosen), chunk):
-            rows = chosen[start : start + chunk]
-            queries = torch.from_numpy(self._image_features[rows])
-            _, neighbours = self._search(queries, gallery, k, exclude=torch.from_numpy(rows))
-            # The stored layers are the images' own features, channels last.
-            pixel_maps = [np.asarray(stored[rows], dtype=np.float32).transpose(0, 3, 1, 2)
-                          for stored in self._patch_features]
-            distances = self._pixel_distances(pixel_maps, neighbours, grid)
-            maxima.append(scoring.image_scores(self._distances_to_maps(distances)))
-        return np.concatenate(maxima)
+        return _leave_one_out_map_maxima(
+            self._image_features, self._patch_features, chosen, min(self.n_neighbors_, n - 1),
+            grid, self._distances_to_maps, chunk=chunk, **self._patch_search())
 
     # ------------------------------------------------------------------ scoring
-    def _search(self, queries, gallery, k, **kwargs):
-        device = resolve_device(self.device)
-        with torch.inference_mode():
-            distances, indices = nearest_neighbors(
-                queries.to(device), gallery, k, chunk_size=self.chunk_size, **kwargs
-            )
-        return distances.cpu(), indices.cpu()
+    def _patch_search(self):
+        """The settings of the patch-level search, as ``_patch_distances`` takes them."""
+        return dict(kappa=self.kappa, chunk_size=self.chunk_size, device=self.device,
+                    interpolation=self.interpolation)
 
     def _image_scores(self, queries, exclude=None):
         k = self.n_neighbors_
         if exclude is not None:
             k = min(k, self.n_samples_fit_ - 1)
-        gallery = _as_tensor(self._image_features).to(queries.dtype)
-        distances, _ = self._search(queries, gallery, k, exclude=exclude)
-        return distances.mean(dim=1).numpy()
+        return _mean_distances(queries, self._image_features, k, self.chunk_size, self.device,
+                               exclude=exclude)
 
     def _image_queries(self, X):
         # 2-D input is computed in float64: it costs nothing there and keeps sklearn's
         # batch-invariance checks exact.
         dtype = np.float64 if X.ndim == 2 else np.float32
-        return torch.from_numpy(np.ascontiguousarray(self._image_vectors(X), dtype=dtype))
+        vectors = _image_vectors(X, self._groups(X.shape[1]))
+        return torch.from_numpy(np.ascontiguousarray(vectors, dtype=dtype))
 
     def anomaly_scores(self, X):
         """Image-level anomaly scores: mean distance to the nearest training images.
@@ -767,46 +494,9 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         queries = self._image_queries(X)
         if X.ndim == 2:
             return self._image_scores(queries)
-        _, neighbours = self._search(
-            queries, _as_tensor(self._image_features), self.n_neighbors_
-        )
         pixel_maps, _ = self._native_layers(X)
-        return self._pixel_distances(pixel_maps, neighbours, X.shape[2:])
-
-    def _pixel_distances(self, pixel_maps, neighbours, grid):
-        """``(n, *grid)`` patch distances: each layer's, brought to ``grid``, averaged."""
-        total = np.zeros((len(neighbours), *grid), dtype=np.float32)
-        for layer, test_maps in enumerate(pixel_maps):
-            layer_maps = self._layer_distances(layer, test_maps, neighbours)
-            total += scoring.upsample_maps(layer_maps, grid, self.interpolation)
-        return total / len(pixel_maps)
-
-    def _layer_distances(self, layer, test_maps, neighbours):
-        """``(n, h_k, w_k)`` distances of one layer's test patches to their gallery."""
-        stored = self._patch_features[layer]
-        n_train, positions, c = stored.shape[0], stored.shape[1] * stored.shape[2], stored.shape[3]
-        gallery = _as_tensor(stored).view(n_train, positions, c)
-        n, _, h, w = test_maps.shape
-        kappa = min(self.kappa, neighbours.shape[1] * positions)
-        queries = torch.from_numpy(
-            np.ascontiguousarray(test_maps.transpose(0, 2, 3, 1), dtype=np.float32)
-        ).view(n, h * w, c)
-        device = resolve_device(self.device)
-        out = np.empty((n, h, w), dtype=np.float32)
-        with torch.inference_mode():
-            for i in range(n):
-                # The rows of the image's nearest training images, gathered once into one
-                # contiguous float32 block: every search block is then a plain slice.
-                own = gallery.index_select(0, neighbours[i]).view(-1, c)
-                own = own.to(device, torch.float32)
-                q = queries[i].to(device)
-                if kappa == 1:
-                    distances = _nearest_one(q, own, self.chunk_size)
-                else:
-                    distances, _ = nearest_neighbors(q, own, kappa, chunk_size=self.chunk_size)
-                    distances = distances.mean(dim=1)
-                out[i] = distances.cpu().numpy().reshape(h, w)
-        return out
+        return _patch_distances(queries, pixel_maps, self._image_features, self._patch_features,
+                                self.n_neighbors_, X.shape[2:], **self._patch_search())
 
     def __setstate__(self, state):
         # Models pickled before partial_fit deferred its work kept the arrays (and offset_)
@@ -822,103 +512,3 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = True
         return tags
-
-
-def _probe_layers(backbone, layers, size=224):
-    """Channels of each tapped layer and its stride relative to the first, without weights."""
-    with torch.device("meta"):
-        trunk = build_trunk(backbone, layers, weights=None)
-        outputs = trunk(torch.zeros(1, 3, size, size))
-    first = outputs[0].shape[-1]
-    channels = [int(o.shape[1]) for o in outputs]
-    strides = [max(1, round(first / o.shape[-1])) for o in outputs]
-    return channels, strides
-
-
-def make_spade(
-    backbone="wide_resnet50_2",
-    *,
-    layers=None,
-    weights="DEFAULT",
-    resize=256,
-    crop=224,
-    interpolation="bicubic",
-    n_neighbors=50,
-    kappa=1,
-    calibration="leave-one-out",
-    contamination=0.01,
-    sigma=4.0,
-    mode="reflect",
-    storage_dtype="float32",
-    chunk_size=4096,
-    batch_size=32,
-    device="auto",
-    verbose=False,
-    random_state=None,
-):
-    """Build SPADE as a scikit-learn Pipeline: backbone features, then nearest neighbours.
-
-    The result is a :class:`~skpadim.StreamingPipeline` of ``BackboneFeatures(layers=...)``
-    and ``SPADE(layer_channels=..., layer_strides=...)`` with the layers, channel split and
-    strides filled in for ``backbone``, so the pipeline behaves as the paper describes; its
-    ``fit`` and scoring methods move ``batch_size`` images at a time through it (the
-    gallery itself grows with the training set, see :class:`SPADE`'s memory note).
-
-    Parameters
-    ----------
-    backbone : str, default="wide_resnet50_2"
-        The paper uses Wide ResNet-50-2 (torchvision downloads its weights on first use);
-        "efficientnet_lite0" runs offline from the ``skpadim[lite0]`` extra; "resnet18" and
-        "efficientnet_b5" work too.
-    layers : list of str or None, default=None
-        Layers to tap, the image-level layer last; None for :data:`~skpadim.spade.SPADE_LAYERS` (ResNets:
-        layer1-3 for pixels and layer4 for images, as in the paper; Lite0: stages 2, 3, 5
-        and the head).
-    weights, resize, crop, interpolation, device, verbose, random_state
-        Passed to :class:`~skpadim.BackboneFeatures` (``interpolation`` and ``device`` to
-        :class:`~skpadim.SPADE` too).
-    batch_size : int, default=32
-        Images the pipeline moves through its steps at a time (the backbone's forward
-        batch is :class:`~skpadim.BackboneFeatures`' "auto").
-    n_neighbors, kappa, calibration, contamination, sigma, mode, storage_dtype, chunk_size
-        Passed to :class:`~skpadim.SPADE`.
-
-    Returns
-    -------
-    pipeline : StreamingPipeline
-        Steps ``backbonefeatures`` and ``spade``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skpadim import anomaly_maps
-    >>> from skpadim.spade import make_spade
-    >>> rng = np.random.RandomState(0)
-    >>> train = rng.randint(0, 256, (6, 64, 64, 3), dtype=np.uint8)
-    >>> pipe = make_spade("resnet18", weights=None, resize=64, crop=None, n_neighbors=3,
-    ...                   random_state=0).fit(train)
-    >>> pipe[-1].layer_channels, pipe[-1].layer_strides
-    ([64, 128, 256, 512], [1, 2, 4, 8])
-    >>> pipe.score_samples(train[:2]).shape, anomaly_maps(pipe, train[:2]).shape
-    ((2,), (2, 64, 64))
-    """
-    if backbone not in BACKBONES:
-        raise ConfigurationError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    layers = list(SPADE_LAYERS[backbone] if layers is None else layers)
-    channels, strides = _probe_layers(backbone, layers)
-    features = BackboneFeatures(
-        backbone=backbone, layers=layers, weights=weights, resize=resize, crop=crop,
-        interpolation=interpolation, upsample="nearest",
-        device=device, verbose=verbose, random_state=random_state,
-    )
-    return _make_streaming_pipeline(
-        features,
-        SPADE(
-            n_neighbors=n_neighbors, kappa=kappa, layer_channels=channels,
-            layer_strides=strides, calibration=calibration, chunk_size=chunk_size,
-            storage_dtype=storage_dtype, contamination=contamination,
-            map_size=crop if crop is not None else resize, interpolation=interpolation,
-            sigma=sigma, mode=mode, device=device,
-        ),
-        batch_size=batch_size,
-    )

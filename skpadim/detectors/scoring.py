@@ -73,7 +73,7 @@ def upsample_maps(maps, size, interpolation="bicubic"):
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim.scoring import upsample_maps
+    >>> from skpadim.detectors.scoring import upsample_maps
     >>> upsample_maps(np.ones((2, 4, 4)), 16).shape
     (2, 16, 16)
     """
@@ -126,7 +126,7 @@ def gaussian_smooth(maps, sigma=4.0, truncate=4.0, mode="reflect", cval=0.0):
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim.scoring import gaussian_smooth
+    >>> from skpadim.detectors.scoring import gaussian_smooth
     >>> spike = np.zeros((1, 9, 9)); spike[0, 4, 4] = 1.0
     >>> out = gaussian_smooth(spike, sigma=1.0)
     >>> bool(out[0, 4, 4] < 1.0), round(float(out.sum()), 5)
@@ -165,7 +165,7 @@ def anomaly_maps(
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim.scoring import anomaly_maps, image_scores
+    >>> from skpadim.detectors.scoring import anomaly_maps, image_scores
     >>> d = np.zeros((1, 8, 8)); d[0, 2, 5] = 10.0
     >>> maps = anomaly_maps(d, 32)
     >>> maps.shape, np.unravel_index(maps[0].argmax(), maps[0].shape)
@@ -214,7 +214,7 @@ def image_scores(maps):
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim.scoring import image_scores
+    >>> from skpadim.detectors.scoring import image_scores
     >>> image_scores(np.arange(8.0).reshape(2, 2, 2)).tolist()
     [3.0, 7.0]
     """

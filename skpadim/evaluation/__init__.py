@@ -18,28 +18,50 @@ from typing import TYPE_CHECKING
 from .._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(__name__, {
-    "._metrics": ["image_auroc", "pixel_auroc", "pro_curve", "pro_score", "image_auroc_scorer",
-                  "pixel_auroc_scorer", "pro_scorer", "make_pro_scorer", "threshold_metrics",
+    "._metrics": ["image_auroc", "pixel_auroc", "pro_curve", "pro_score", "threshold_metrics",
                   "pixel_threshold_metrics"],
-    "._thresholds": ["f1_optimal_threshold", "pixel_f1_optimal_threshold", "PixelHistogram",
-                     "adaptive_threshold", "tune_thresholds", "normalize_scores"],
+    "._scorers": ["image_auroc_scorer", "pixel_auroc_scorer", "pro_scorer", "make_pro_scorer"],
+    "._thresholds": ["f1_optimal_threshold", "adaptive_threshold", "tune_thresholds",
+                     "normalize_scores"],
+    "._pixel_histogram": ["PixelHistogram", "pixel_f1_optimal_threshold"],
     "._model_selection": ["NormalOnlyKFold"],
-    "._report": ["ScoredSet", "build_report", "write_report", "set_metrics", "operating_metrics",
-                 "write_metrics", "metrics_markdown", "plot_curves", "select_for_overlays",
-                 "heat_range", "overlay_image", "caption_text", "save_overlay", "save_panel",
-                 "HEAT_COLOURS", "UNKNOWN_COLOURS", "CONTOUR_COLOUR", "TEXT_COLOUR",
-                 "TEXT_BACKGROUND", "COLORBAR_WIDTH", "HATCH_WIDTH", "PANEL_GAP"],
+    "._scored": ["ScoredSet", "set_metrics", "operating_metrics", "select_for_overlays"],
+    "._report": ["build_report", "write_report", "write_metrics", "metrics_markdown"],
+    "._curves": ["plot_curves"],
+    "._overlay": ["heat_range", "overlay_image", "HEAT_COLOURS", "UNKNOWN_COLOURS",
+                  "CONTOUR_COLOUR", "HATCH_WIDTH"],
+    "._legends": ["caption_text", "TEXT_COLOUR", "TEXT_BACKGROUND", "COLORBAR_WIDTH"],
+    "._pictures": ["save_overlay", "save_panel", "PANEL_GAP"],
 })
 
 if TYPE_CHECKING:  # what static tools and IDEs see
-    from ._metrics import (image_auroc, image_auroc_scorer, make_pro_scorer, pixel_auroc,
-                           pixel_auroc_scorer, pixel_threshold_metrics, pro_curve, pro_score,
-                           pro_scorer, threshold_metrics)
+    from ._curves import plot_curves
+    from ._legends import COLORBAR_WIDTH, TEXT_BACKGROUND, TEXT_COLOUR, caption_text
+    from ._metrics import (
+        image_auroc,
+        pixel_auroc,
+        pixel_threshold_metrics,
+        pro_curve,
+        pro_score,
+        threshold_metrics,
+    )
     from ._model_selection import NormalOnlyKFold
-    from ._report import (COLORBAR_WIDTH, CONTOUR_COLOUR, HATCH_WIDTH, HEAT_COLOURS, PANEL_GAP,
-                          TEXT_BACKGROUND, TEXT_COLOUR, UNKNOWN_COLOURS, ScoredSet, build_report,
-                          caption_text, heat_range, metrics_markdown, operating_metrics,
-                          overlay_image, plot_curves, save_overlay, save_panel,
-                          select_for_overlays, set_metrics, write_metrics, write_report)
-    from ._thresholds import (PixelHistogram, adaptive_threshold, f1_optimal_threshold,
-                              normalize_scores, pixel_f1_optimal_threshold, tune_thresholds)
+    from ._overlay import (
+        CONTOUR_COLOUR,
+        HATCH_WIDTH,
+        HEAT_COLOURS,
+        UNKNOWN_COLOURS,
+        heat_range,
+        overlay_image,
+    )
+    from ._pictures import PANEL_GAP, save_overlay, save_panel
+    from ._pixel_histogram import PixelHistogram, pixel_f1_optimal_threshold
+    from ._report import build_report, metrics_markdown, write_metrics, write_report
+    from ._scored import ScoredSet, operating_metrics, select_for_overlays, set_metrics
+    from ._scorers import image_auroc_scorer, make_pro_scorer, pixel_auroc_scorer, pro_scorer
+    from ._thresholds import (
+        adaptive_threshold,
+        f1_optimal_threshold,
+        normalize_scores,
+        tune_thresholds,
+    )

@@ -5,18 +5,18 @@ Every score and map here reads "higher = more anomalous", as PaDiM's distances d
 labels may be 0/1 with 1 anomalous, -1/+1 with -1 anomalous, booleans, or ``(n, H, W)``
 ground-truth masks. Pixel metrics compare masks and
 maps of the same shape; bring masks to the maps' resolution with
-:func:`skpadim.preprocessing.transform_masks`.
+:func:`skpadim.features.transform_masks`.
 
 PRO follows the MVTec AD evaluation code: ground-truth regions are the 8-connected components
-of each mask, and the curve has one point per distinct score. The scorers plug these metrics
-into :class:`~sklearn.model_selection.GridSearchCV` and friends.
+of each mask, and the curve has one point per distinct score. The scorers of
+:mod:`skpadim.evaluation._scorers` plug these metrics into
+:class:`~sklearn.model_selection.GridSearchCV` and friends.
 
 :func:`threshold_metrics` and :func:`pixel_threshold_metrics` judge one threshold, with
 skpadim's rule: anomalous iff the score (or map value) is strictly above it.
-:mod:`skpadim.thresholds` chooses thresholds.
+:mod:`skpadim.evaluation` chooses thresholds.
 """
 
-from functools import partial
 from numbers import Real
 
 import numpy as np
@@ -31,10 +31,6 @@ __all__ = [
     "pixel_auroc",
     "pro_curve",
     "pro_score",
-    "image_auroc_scorer",
-    "pixel_auroc_scorer",
-    "pro_scorer",
-    "make_pro_scorer",
     "threshold_metrics",
     "pixel_threshold_metrics",
 ]
@@ -62,7 +58,7 @@ def _check_mask_shapes(masks, maps):
         raise InvalidImageError(
             f"masks have shape {masks.shape} but anomaly maps have shape {maps.shape}; "
             "bring the masks to the maps' resolution with "
-            "skpadim.preprocessing.transform_masks(masks, resize, crop), using the resize "
+            "skpadim.features.transform_masks(masks, resize, crop), using the resize "
             "and crop the images went through"
         )
 
@@ -106,7 +102,7 @@ def image_auroc(y_true, scores):
 
     Examples
     --------
-    >>> from skpadim.metrics import image_auroc
+    >>> from skpadim.evaluation import image_auroc
     >>> image_auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
     0.75
     >>> image_auroc([1, 1, -1, -1], [0.1, 0.4, 0.35, 0.8])
@@ -140,7 +136,7 @@ def pixel_auroc(masks, maps):
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim.metrics import pixel_auroc
+    >>> from skpadim.evaluation import pixel_auroc
     >>> masks = np.array([[[0, 1], [1, 0]]])
     >>> pixel_auroc(masks, [[[0.1, 0.9], [0.8, 0.2]]])
     1.0
@@ -200,7 +196,7 @@ def pro_curve(masks, maps):
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim.metrics import pro_curve
+    >>> from skpadim.evaluation import pro_curve
     >>> masks = np.array([[[1, 1], [0, 0]]])
     >>> fpr, pro, thresholds = pro_curve(masks, [[[0.9, 0.8], [0.3, 0.3]]])
     >>> fpr
@@ -287,7 +283,7 @@ def pro_score(masks, maps, max_fpr=0.3):
     every normal pixel, so the PRO is 0.5 at every false positive rate up to 1:
 
     >>> import numpy as np
-    >>> from skpadim.metrics import pro_score
+    >>> from skpadim.evaluation import pro_score
     >>> masks = np.zeros((1, 3, 4), dtype=bool)
     >>> masks[0, 0, :2] = True
     >>> maps = np.full((1, 3, 4), 0.5)
@@ -300,139 +296,6 @@ def pro_score(masks, maps, max_fpr=0.3):
     _check_max_fpr(max_fpr)
     fpr, pro, _ = pro_curve(masks, maps)
     return _area_up_to(fpr, pro, max_fpr) / max_fpr
-
-
-def image_auroc_scorer(estimator, X, y):
-    """Image ROC AUC of a fitted outlier detector, as a scikit-learn scorer.
-
-    The anomaly scores are ``-estimator.score_samples(X)``, since scikit-learn's
-    ``score_samples`` is higher for more normal samples.
-
-    Parameters
-    ----------
-    estimator : object
-        Fitted estimator or pipeline with ``score_samples``.
-    X : array-like or list of str
-        Test images, in any form ``estimator`` accepts.
-    y : array-like of shape (n_samples,) or (n_samples, H, W)
-        Image labels or ground-truth masks, as for :func:`image_auroc`.
-
-    Returns
-    -------
-    auroc : float
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn.covariance import EllipticEnvelope
-    >>> from skpadim.metrics import image_auroc_scorer
-    >>> rng = np.random.RandomState(0)
-    >>> detector = EllipticEnvelope(random_state=0).fit(rng.normal(size=(50, 2)))
-    >>> X = np.r_[rng.normal(size=(5, 2)), rng.normal(loc=8, size=(5, 2))]
-    >>> image_auroc_scorer(detector, X, [0] * 5 + [1] * 5)
-    1.0
-    """
-    return image_auroc(y, -np.asarray(estimator.score_samples(X)))
-
-
-def _anomaly_maps(estimator, X):
-    # Imported here, not at the top: the pipeline module sits above the estimators, and
-    # the metrics must stay importable without it.
-    from ..pipeline import anomaly_maps
-
-    return anomaly_maps(estimator, X)
-
-
-def pixel_auroc_scorer(estimator, X, y):
-    """Pixel ROC AUC of a fitted model's anomaly maps, as a scikit-learn scorer.
-
-    Parameters
-    ----------
-    estimator : object
-        Fitted pipeline or estimator that :func:`skpadim.anomaly_maps` accepts.
-    X : array-like or list of str
-        Test images, in any form ``estimator`` accepts.
-    y : array-like of shape (n_samples, H, W)
-        Ground-truth masks at the resolution of the anomaly maps.
-
-    Returns
-    -------
-    auroc : float
-
-    See Also
-    --------
-    pixel_auroc : The metric on masks and maps.
-
-    Examples
-    --------
-    Fitting needs a backbone, so those lines are not run here:
-
-    >>> from sklearn.model_selection import GridSearchCV
-    >>> from skpadim.metrics import pixel_auroc_scorer, pro_scorer
-    >>> scoring = {"pixel_auroc": pixel_auroc_scorer, "pro": pro_scorer}
-    >>> search = GridSearchCV(model, param_grid, scoring=scoring, refit="pro")  # doctest: +SKIP
-    >>> search.fit(images, masks)  # doctest: +SKIP
-    """
-    return pixel_auroc(y, _anomaly_maps(estimator, X))
-
-
-def pro_scorer(estimator, X, y, *, max_fpr=0.3):
-    """PRO score of a fitted model's anomaly maps, as a scikit-learn scorer.
-
-    Parameters
-    ----------
-    estimator : object
-        Fitted pipeline or estimator that :func:`skpadim.anomaly_maps` accepts.
-    X : array-like or list of str
-        Test images, in any form ``estimator`` accepts.
-    y : array-like of shape (n_samples, H, W)
-        Ground-truth masks at the resolution of the anomaly maps.
-    max_fpr : float, default=0.3
-        Upper limit of the false positive rate; :func:`make_pro_scorer` fixes another.
-
-    Returns
-    -------
-    score : float
-
-    See Also
-    --------
-    pro_score : The metric on masks and maps.
-
-    Examples
-    --------
-    Fitting needs a backbone, so those lines are not run here:
-
-    >>> from sklearn.model_selection import GridSearchCV
-    >>> from skpadim.metrics import pro_scorer
-    >>> search = GridSearchCV(model, param_grid, scoring=pro_scorer)  # doctest: +SKIP
-    >>> search.fit(images, masks)  # doctest: +SKIP
-    """
-    return pro_score(y, _anomaly_maps(estimator, X), max_fpr=max_fpr)
-
-
-def make_pro_scorer(max_fpr=0.3):
-    """Make a PRO scorer with another limit of the false positive rate.
-
-    Parameters
-    ----------
-    max_fpr : float, default=0.3
-        Upper limit of the false positive rate, in (0, 1].
-
-    Returns
-    -------
-    scorer : callable
-        ``scorer(estimator, X, y) -> float``, :func:`pro_scorer` with ``max_fpr`` fixed.
-        It pickles, so it works with ``n_jobs``.
-
-    Examples
-    --------
-    >>> from skpadim.metrics import make_pro_scorer
-    >>> scorer = make_pro_scorer(max_fpr=0.05)
-    >>> scorer.keywords
-    {'max_fpr': 0.05}
-    """
-    _check_max_fpr(max_fpr)
-    return partial(pro_scorer, max_fpr=max_fpr)
 
 
 # ---------------------------------------------------------------------------- thresholds
@@ -495,12 +358,12 @@ def threshold_metrics(y_true, scores, threshold):
 
     See Also
     --------
-    skpadim.thresholds.f1_optimal_threshold : The threshold that maximises ``f1``.
+    skpadim.evaluation.f1_optimal_threshold : The threshold that maximises ``f1``.
     pixel_threshold_metrics : The same over pixels.
 
     Examples
     --------
-    >>> from skpadim.metrics import threshold_metrics
+    >>> from skpadim.evaluation import threshold_metrics
     >>> m = threshold_metrics([0, 0, 1, 1], [0.1, 0.5, 0.5, 0.9], threshold=0.5)
     >>> m["precision"], m["recall"], m["f1"]
     (1.0, 0.5, 0.6666666666666666)
@@ -553,12 +416,12 @@ def pixel_threshold_metrics(masks, maps, threshold):
 
     See Also
     --------
-    skpadim.thresholds.pixel_f1_optimal_threshold : The threshold that maximises ``f1``.
+    skpadim.evaluation.pixel_f1_optimal_threshold : The threshold that maximises ``f1``.
 
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim.metrics import pixel_threshold_metrics
+    >>> from skpadim.evaluation import pixel_threshold_metrics
     >>> masks = np.array([[[0, 1], [1, 0]]])
     >>> m = pixel_threshold_metrics(masks, [[[0.1, 0.9], [0.3, 0.4]]], threshold=0.35)
     >>> m["tp"], m["fp"], m["tn"], m["fn"], m["f1"]
@@ -583,3 +446,4 @@ def pixel_threshold_metrics(masks, maps, threshold):
         tp += int(np.count_nonzero(np.logical_and(above, truth, out=above)))
     fp, fn = flagged - tp, defect - tp
     return _metrics_from_counts(threshold, tp, fp, maps.size - defect - fp, fn)
+

@@ -31,7 +31,7 @@ class NormalOnlyKFold(BaseCrossValidator):
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim.model_selection import NormalOnlyKFold
+    >>> from skpadim.evaluation import NormalOnlyKFold
     >>> y = np.array([0, 0, 0, 0, 0, 0, 1, 1])          # 1 = anomalous
     >>> for train, test in NormalOnlyKFold(n_splits=2).split(np.zeros(8), y):
     ...     print(train, test)
@@ -54,7 +54,7 @@ class NormalOnlyKFold(BaseCrossValidator):
         X : array-like or list
             Samples; only their number is used.
         y : array-like of shape (n_samples,) or (n_samples, H, W)
-            Image labels (1 or -1 = anomalous, see :func:`skpadim.metrics.image_auroc`) or
+            Image labels (1 or -1 = anomalous, see :func:`skpadim.evaluation.image_auroc`) or
             ground-truth masks (an image with any defective pixel is anomalous).
         groups : Ignored
             Not used, present for API consistency.

@@ -10,12 +10,13 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from . import _preprocessing as preprocessing
-from . import backbones
 from .._compat import Interval, StrOptions, _fit_context
 from .._torch import ImageModuleMixin, resolve_device, torch_seed
 from .._versioning import VersionedStateMixin
 from ..exceptions import InvalidImageError
+from . import backbones
+from ._geometry import _INTERPOLATIONS, _pair
+from ._images import as_image_batches, n_images
 
 __all__ = ["BackboneFeatures", "concat_layers"]
 
@@ -104,7 +105,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         "resnet18", "wide_resnet50_2", "efficientnet_b5" (torchvision) or
         "efficientnet_lite0" (weights from the optional ``skpadim[lite0]`` extra).
     layers : list of str or None, default=None
-        Layers to tap (see :mod:`skpadim.backbones`); None for the paper's: layer1-3 of the
+        Layers to tap (see :mod:`skpadim.features.backbones`); None for the paper's: layer1-3 of the
         ResNets, blocks 7, 20 and 26 of EfficientNet-B5, stages 2, 3 and 5 of Lite0.
     weights : str, path-like or None, default="DEFAULT"
         torchvision weights name such as "DEFAULT" or "IMAGENET1K_V1" (torchvision downloads
@@ -166,7 +167,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         "weights": [None, str, os.PathLike],
         "resize": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
         "crop": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
-        "interpolation": [StrOptions(set(preprocessing._INTERPOLATIONS))],
+        "interpolation": [StrOptions(set(_INTERPOLATIONS))],
         "mean": [None, tuple, list],
         "std": [None, tuple, list],
         "upsample": [StrOptions(set(_UPSAMPLE))],
@@ -213,7 +214,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         Parameters
         ----------
         X : array-like or list of paths, optional
-            Images (see :mod:`skpadim.preprocessing` for the accepted forms). The backbone
+            Images (see :mod:`skpadim.features` for the accepted forms). The backbone
             is pretrained, so nothing is learnt from them.
         y : Ignored
             Not used, present for API consistency.
@@ -234,7 +235,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         if X is not None:
             # Fails early on bad input; without resize and crop, later images must have
             # the size of these.
-            first = next(preprocessing.as_image_batches(
+            first = next(as_image_batches(
                 X[:1], 1, self.resize, self.crop, self.interpolation))
             if self.resize is None and self.crop is None:
                 self.input_size_ = tuple(first.shape[-2:])
@@ -244,7 +245,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         trunk.mean.copy_(torch.tensor(mean).view(1, -1, 1, 1))
         trunk.std.copy_(torch.tensor(std).view(1, -1, 1, 1))
         self.module_ = trunk
-        self.image_size_ = preprocessing._pair(self.crop or self.resize, "crop")
+        self.image_size_ = _pair(self.crop or self.resize, "crop")
         # Without a fixed input size only the channel counts are needed: the smallest input
         # every backbone's stride-32 layers still map to a grid (2x2) gives them cheaply.
         probe = self.image_size_ or (64, 64)
@@ -263,7 +264,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         return 8 if device.type == "cpu" else 32
 
     def _batches(self, X, batch_size):
-        return preprocessing.as_image_batches(
+        return as_image_batches(
             X, batch_size, self.resize, self.crop, self.interpolation
         )
 
@@ -288,7 +289,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         device = resolve_device(self.device)
         module = self._inference_module(device)
         batch_size = self._batch_size(device)
-        n = preprocessing.n_images(X)
+        n = n_images(X)
         out = None
         # One forward pass needs no progress bar; longer work shows one.
         with torch.inference_mode(), tqdm(

@@ -19,11 +19,12 @@ from .._lazy import attach
 __getattr__, __dir__, __all__ = attach(__name__, {
     "._persistence": ["save", "load", "file_format", "FORMAT_VERSION"],
     "._onnx": ["export_onnx", "OnnxModel"],
-    "._outputs": ["ResultsWriter", "DEFAULT_COLUMNS", "save_map", "load_map", "save_mask",
-                  "verdict"],
+    "._results": ["ResultsWriter", "DEFAULT_COLUMNS", "verdict"],
+    "._maps": ["save_map", "load_map", "save_mask"],
 })
 
 if TYPE_CHECKING:  # what static tools and IDEs see
+    from ._maps import load_map, save_map, save_mask
     from ._onnx import OnnxModel, export_onnx
-    from ._outputs import DEFAULT_COLUMNS, ResultsWriter, load_map, save_map, save_mask, verdict
     from ._persistence import FORMAT_VERSION, file_format, load, save
+    from ._results import DEFAULT_COLUMNS, ResultsWriter, verdict

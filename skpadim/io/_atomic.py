@@ -85,7 +85,7 @@ def atomic_path(path):
     Examples
     --------
     >>> import os, tempfile
-    >>> from skpadim._atomic import atomic_path
+    >>> from skpadim.io._atomic import atomic_path
     >>> path = os.path.join(tempfile.mkdtemp(), "numbers.txt")
     >>> with atomic_path(path) as tmp:
     ...     with open(tmp, "w") as f:
@@ -130,7 +130,7 @@ def atomic_write(path, mode="wb", *, encoding=None, newline=None):
     Examples
     --------
     >>> import os, tempfile
-    >>> from skpadim._atomic import atomic_write
+    >>> from skpadim.io._atomic import atomic_write
     >>> path = os.path.join(tempfile.mkdtemp(), "scores.csv")
     >>> with atomic_write(path, "w", encoding="utf-8") as f:
     ...     _ = f.write("path,score\\n")
@@ -174,7 +174,7 @@ def atomic_savefig(figure, path, **kwargs):
     --------
     >>> import os, tempfile
     >>> from matplotlib.figure import Figure
-    >>> from skpadim._atomic import atomic_savefig
+    >>> from skpadim.io._atomic import atomic_savefig
     >>> figure = Figure(figsize=(2, 2))
     >>> path = atomic_savefig(figure, os.path.join(tempfile.mkdtemp(), "plot.png"), dpi=50)
     >>> open(path, "rb").read(4)
@@ -207,7 +207,7 @@ def check_writable(path):
     Examples
     --------
     >>> import os, tempfile
-    >>> from skpadim._atomic import check_writable
+    >>> from skpadim.io._atomic import check_writable
     >>> folder = tempfile.mkdtemp()
     >>> check_writable(os.path.join(folder, "models", "m.safetensors"))
     >>> os.listdir(os.path.join(folder, "models"))                  # nothing left behind

@@ -4,7 +4,7 @@
 (:func:`~skpadim.make_padim`, or a scikit-learn ``Pipeline`` of
 :class:`~skpadim.BackboneFeatures`, :class:`~skpadim.RandomFeatureSelector` and
 :class:`~skpadim.PatchGaussian`) or :class:`~skpadim.VAE` does to an image, from uint8
-pixels to the verdict; :class:`~skpadim.export.OnnxModel` runs such a file with onnxruntime from Python.
+pixels to the verdict; :class:`~skpadim.io.OnnxModel` runs such a file with onnxruntime from Python.
 
 **The graph's contract** (for C++, C#, Java, JavaScript users of onnxruntime):
 
@@ -32,19 +32,16 @@ The optional ``onnx`` extra (``pip install "skpadim[onnx]"``: onnx, onnxruntime,
 onnxscript) is needed here and only here; ``import skpadim`` does not import it.
 """
 
-import copy
 import os
 import tempfile
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..detectors import scoring
-from ._atomic import atomic_path
+from .._batches import Inspection
 from ..exceptions import ConfigurationError, InvalidImageError
-from ..pipeline import Inspection
+from ._atomic import atomic_path
+from ._onnx_graph import _graph, _pixel_threshold
 
 __all__ = ["export_onnx", "OnnxModel"]
 
@@ -70,262 +67,6 @@ def _require(*names):
                 f"the onnx extra: {_INSTALL}"
             ) from exc
     return modules
-
-
-# ---------------------------------------------------------------------------- graph parts
-class _Preprocess(nn.Module):
-    """uint8 ``(n, H, W, 3)`` -> float32 ``(n, 3, h, w)`` in [0, 1], center-cropped."""
-
-    def __init__(self, crop):
-        super().__init__()
-        self.crop = crop
-
-    def forward(self, images):
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        if self.crop is not None:
-            (ch, cw), (h, w) = self.crop, x.shape[-2:]
-            # narrow keeps the output's size static even when the input's is dynamic.
-            x = x.narrow(2, (h - ch) // 2, ch).narrow(3, (w - cw) // 2, cw)
-        return x
-
-
-class _Head(nn.Module):
-    """Patch distances ``(n, h, w)`` -> maps ``(n, H, W)``, scores ``(n,)``, labels ``(n,)``.
-
-    ``rows`` and ``cols`` are :func:`skpadim.scoring.anomaly_maps`' fused operators:
-    upsampling and Gaussian filter along each axis, as one matrix.
-    """
-
-    def __init__(self, rows, cols, threshold):
-        super().__init__()
-        self.register_buffer("rows", rows)
-        self.register_buffer("cols_t", cols.T.contiguous())
-        # float32, as skpadim compares: -score - offset_ >= 0 in float32.
-        self.register_buffer("threshold", torch.tensor(threshold, dtype=torch.float32))
-
-    def forward(self, distances):
-        maps = torch.matmul(torch.matmul(self.rows, distances), self.cols_t)
-        scores = maps.flatten(1).amax(dim=1)
-        one = torch.ones_like(scores, dtype=torch.int64)
-        labels = torch.where(scores <= self.threshold, one, -one)
-        return maps, scores, labels
-
-
-class _PadimGraph(nn.Module):
-    def __init__(self, preprocess, trunk, upsample, pieces, order, grid, mean, chol, head):
-        super().__init__()
-        self.preprocess, self.trunk, self.head = preprocess, trunk, head
-        self.upsample, self.grid = upsample, grid
-        # Per tapped layer: None (no channel kept), "all", or the local channels kept.
-        self.pieces = []
-        for k, local in enumerate(pieces):
-            if local is None or isinstance(local, str):
-                self.pieces.append(local)
-            else:
-                self.register_buffer(f"channels{k}", torch.as_tensor(local))
-                self.pieces.append(f"channels{k}")
-        self.register_buffer("order", None if order is None else torch.as_tensor(order))
-        self.register_buffer("mean", mean[:, None, :])  # (P, 1, d)
-        self.register_buffer("chol", chol)  # (P, d, d), float16 or float32
-
-    def _embedding(self, outputs):
-        """:func:`skpadim.features.concat_layers` of the kept channels, export-friendly."""
-        h, w = self.grid
-        parts = []
-        for fmap, piece in zip(outputs, self.pieces):
-            if piece is None:
-                continue
-            if piece != "all":
-                fmap = fmap.index_select(1, getattr(self, piece))
-            if tuple(fmap.shape[-2:]) != (h, w):
-                kwargs = {} if self.upsample == "nearest" else {"align_corners": False}
-                fmap = F.interpolate(fmap, size=(h, w), mode=self.upsample, **kwargs)
-            parts.append(fmap)
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return x if self.order is None else x.index_select(1, self.order)
-
-    def forward(self, images):
-        x = self._embedding(self.trunk(self.preprocess(images)))
-        n, d = x.shape[0], x.shape[1]
-        centred = x.reshape(n, d, -1).permute(2, 0, 1) - self.mean  # (P, n, d)
-        y = torch.matmul(centred, self.chol.to(torch.float32))
-        distances = y.square().sum(dim=-1).sqrt()  # (P, n)
-        return self.head(distances.T.reshape(n, *self.grid))
-
-
-class _VaeGraph(nn.Module):
-    def __init__(self, preprocess, module, head):
-        super().__init__()
-        self.preprocess, self.module, self.head = preprocess, module, head
-
-    def forward(self, images):
-        x = self.preprocess(images)
-        reconstruction = self.module(x)[0]  # decoded from the mean code
-        return self.head(torch.linalg.vector_norm(x - reconstruction, dim=1))
-
-
-# ---------------------------------------------------------------------------- from models
-def _pair(size):
-    if size is None:
-        return None
-    if isinstance(size, (int, np.integer)):
-        return (int(size), int(size))
-    return tuple(int(s) for s in size)
-
-
-def _head(detector, grid, threshold):
-    size = detector._map_size(grid)
-    args = (detector.interpolation, float(detector.sigma), float(detector.truncate),
-            detector.mode)
-    rows = scoring._axis_operator(grid[0], size[0], *args).clone()
-    cols = scoring._axis_operator(grid[1], size[1], *args).clone()
-    return _Head(rows, cols, threshold), size
-
-
-def _threshold(detector):
-    try:
-        offset = detector.offset_
-    except AttributeError:
-        raise ConfigurationError(
-            f"the {type(detector).__name__} has no threshold (offset_): fit the model before "
-            "exporting it"
-        ) from None
-    return float(np.float32(-offset))
-
-
-def _pixel_threshold(model):
-    from sklearn.pipeline import Pipeline
-
-    final = model[-1] if isinstance(model, Pipeline) else model
-    return float(np.float32(final.pixel_threshold_))
-
-
-def _input_size(resize, crop, known):
-    """The graph's input ``(H, W)``, or None when any size of at least the crop works."""
-    resize, crop = _pair(resize), _pair(crop)
-    if resize is not None:
-        return resize
-    if crop is not None:
-        return None
-    if known is None:
-        raise ConfigurationError(
-            "the model has neither resize nor crop and no recorded input size "
-            "(input_size_); fit it on images, or set resize, before exporting"
-        )
-    return tuple(int(s) for s in known)
-
-
-def _padim_steps(model):
-    from sklearn.pipeline import Pipeline
-
-    from ..features._extraction import BackboneFeatures
-    from ..detectors._gaussian import PatchGaussian
-    from ..features._selection import RandomFeatureSelector
-
-    steps = ([s for _, s in model.steps if s not in (None, "passthrough")]
-             if isinstance(model, Pipeline) else [model])
-    kinds = [type(s).__name__ for s in steps]
-    ok = (len(steps) in (2, 3) and isinstance(steps[0], BackboneFeatures)
-          and isinstance(steps[-1], PatchGaussian)
-          and (len(steps) == 2 or isinstance(steps[1], RandomFeatureSelector)))
-    if not ok:
-        raise ConfigurationError(
-            f"cannot export a {' -> '.join(kinds)} to ONNX; export_onnx takes a fitted PaDiM "
-            "pipeline (BackboneFeatures -> RandomFeatureSelector -> PatchGaussian, as "
-            "make_padim builds it) or a fitted VAE"
-        )
-    features, detector = steps[0], steps[-1]
-    if not hasattr(features, "module_") or not hasattr(detector, "n_samples_seen_"):
-        raise ConfigurationError("the pipeline is not fitted; fit it before exporting it")
-    channels = steps[1].feature_indices_ if len(steps) == 3 else None
-    return features, channels, detector
-
-
-def _channel_pieces(layer_channels, channels):
-    """What to take from each layer, and the permutation back to ``channels``' order."""
-    if channels is None:
-        return ["all"] * len(layer_channels), None
-    channels = np.asarray(channels, dtype=np.int64)
-    bounds = np.cumsum([0] + list(layer_channels))
-    layer_of = np.searchsorted(bounds, channels, side="right") - 1
-    pieces, where = [], []
-    for k, c in enumerate(layer_channels):
-        idx = np.flatnonzero(layer_of == k)
-        local = channels[idx] - bounds[k]
-        where.append(idx)
-        pieces.append(None if idx.size == 0 else
-                      "all" if np.array_equal(local, np.arange(c)) else local)
-    order = np.argsort(np.concatenate(where), kind="stable")
-    return pieces, None if np.array_equal(order, np.arange(order.size)) else order
-
-
-def _padim_graph(model, storage_dtype):
-    features, channels, detector = _padim_steps(model)
-    storage = storage_dtype or detector.storage_dtype
-    crop = _pair(features.crop)
-    trunk = copy.deepcopy(features.module_).cpu().eval()
-    from ..features.backbones import fold_batch_norm
-
-    trunk = fold_batch_norm(trunk)
-    pieces, order = _channel_pieces(features.layer_channels_, channels)
-    grid = tuple(int(g) for g in detector.grid_shape_)
-    chol = torch.from_numpy(detector.precisions_cholesky_)
-    chol = chol.to(torch.float16 if storage == "float16" else torch.float32)
-    if storage == "float16" and not torch.isfinite(chol).all():
-        raise ConfigurationError(
-            "the precision factors overflow float16; export with storage_dtype='float32'"
-        )
-    head, map_size = _head(detector, grid, _threshold(detector))
-    graph = _PadimGraph(_Preprocess(crop), trunk, features.upsample, pieces, order, grid,
-                        torch.from_numpy(detector.mean_).float(), chol, head).eval()
-    input_size = _input_size(features.resize, features.crop,
-                             features.__dict__.get("input_size_"))
-    info = dict(model="PaDiM", backbone=features.backbone, factors_dtype=storage,
-                resize=features.resize, crop=crop, interpolation=features.interpolation)
-    return graph, input_size, crop, map_size, info
-
-
-def _vae_graph(model, storage_dtype):
-    if not hasattr(model, "module_"):
-        raise ConfigurationError("the VAE is not fitted; fit it before exporting it")
-    crop = tuple(int(s) for s in model.image_size_)
-    module = copy.deepcopy(model.module_).cpu().eval()
-    head, map_size = _head(model, crop, _threshold(model))
-    graph = _VaeGraph(_Preprocess(crop), module, head).eval()
-    input_size = _input_size(model.resize, crop, None)
-    info = dict(model="VAE", backbone="resnet18 encoder", factors_dtype="none",
-                resize=model.resize, crop=crop, interpolation=model.interpolation)
-    return graph, input_size, crop, map_size, info
-
-
-def _refuse_spade(model):
-    size = int(getattr(model, "memory_bytes_", 0))
-    fits = ("within" if size < PROTOBUF_LIMIT else "beyond")
-    raise ConfigurationError(
-        f"SPADE is not exported to ONNX: its model is its gallery of training features "
-        f"({size:,} bytes, {fits} the 2 GiB protobuf limit of an ONNX file, and growing with "
-        "every training image), which a graph would hold as constants and search "
-        "exhaustively for every patch. Score SPADE from Python, or export a PaDiM model "
-        "(make_padim), whose size does not depend on the number of training images"
-    )
-
-
-def _graph(model, storage_dtype):
-    from sklearn.pipeline import Pipeline
-
-    from ..detectors._spade import SPADE
-    from ..detectors._vae import VAE
-
-    final = model[-1] if isinstance(model, Pipeline) else model
-    if isinstance(final, SPADE):
-        _refuse_spade(final)
-    if isinstance(final, VAE):
-        if isinstance(model, Pipeline) and len(model) > 1:
-            raise ConfigurationError(
-                "a VAE is exported on its own, not inside a pipeline; pass the VAE itself"
-            )
-        return _vae_graph(final, storage_dtype)
-    return _padim_graph(model, storage_dtype)
 
 
 # ---------------------------------------------------------------------------- export
@@ -457,14 +198,14 @@ def export_onnx(model, path, *, opset=18, storage_dtype=None, external_data="aut
 
     See Also
     --------
-    skpadim.export.OnnxModel : Run the exported file with onnxruntime.
+    skpadim.io.OnnxModel : Run the exported file with onnxruntime.
 
     Examples
     --------
     >>> import os, tempfile
     >>> import numpy as np
     >>> from skpadim import inspect_images, make_padim
-    >>> from skpadim.export import OnnxModel, export_onnx
+    >>> from skpadim.io import OnnxModel, export_onnx
     >>> images = np.random.RandomState(0).randint(0, 256, (6, 40, 40, 3), dtype=np.uint8)
     >>> pipe = make_padim("resnet18", n_features=10, weights=None, resize=40, crop=32,
     ...                   random_state=0).fit(images)
@@ -492,7 +233,7 @@ def export_onnx(model, path, *, opset=18, storage_dtype=None, external_data="aut
         raise ConfigurationError(
             f"external_data must be True, False or 'auto', got {external_data!r}"
         )
-    graph, input_size, crop, map_size, info = _graph(model, storage_dtype)
+    graph, input_size, crop, map_size, info = _graph(model, storage_dtype, PROTOBUF_LIMIT)
     threshold = float(graph.head.threshold)
     pixel_threshold = _pixel_threshold(model)
     with torch.inference_mode(False), torch.no_grad():
@@ -546,7 +287,7 @@ class OnnxModel:
     >>> import os, tempfile
     >>> import numpy as np
     >>> from skpadim import VAE
-    >>> from skpadim.export import OnnxModel, export_onnx
+    >>> from skpadim.io import OnnxModel, export_onnx
     >>> images = np.random.RandomState(0).randint(0, 256, (6, 36, 36, 3), dtype=np.uint8)
     >>> vae = VAE(resize=36, random_crop=34, crop=32, n_epochs=1, n_augmented=6,
     ...           batch_size=6, random_state=0).fit(images)

@@ -142,7 +142,7 @@ def default_layers(backbone):
 
     Examples
     --------
-    >>> from skpadim.backbones import default_layers
+    >>> from skpadim.features.backbones import default_layers
     >>> default_layers("resnet18")
     ('layer1', 'layer2', 'layer3')
     >>> default_layers("efficientnet_b5")
@@ -187,7 +187,7 @@ def backbone_layers(backbone):
 
     Examples
     --------
-    >>> from skpadim.backbones import backbone_layers
+    >>> from skpadim.features.backbones import backbone_layers
     >>> backbone_layers("resnet18")
     ['stem', 'layer1', 'layer2', 'layer3', 'layer4']
     >>> layers = backbone_layers("efficientnet_lite0")
@@ -237,7 +237,7 @@ class FeatureTrunk(nn.Module):
     --------
     >>> import torch
     >>> from torch import nn
-    >>> from skpadim.backbones import FeatureTrunk
+    >>> from skpadim.features.backbones import FeatureTrunk
     >>> pieces = [("conv", nn.Conv2d(3, 4, 3, stride=2, padding=1)), ("pool", nn.MaxPool2d(2))]
     >>> trunk = FeatureTrunk(pieces, taps=["pool", "conv"], mean=(0.5,) * 3, std=(0.25,) * 3)
     >>> [tuple(f.shape) for f in trunk(torch.zeros(1, 3, 16, 16))]  # in the order of taps
@@ -291,7 +291,7 @@ def fold_batch_norm(trunk, check_size=64):
     --------
     >>> import torch
     >>> from torch import nn
-    >>> from skpadim.backbones import fold_batch_norm
+    >>> from skpadim.features.backbones import fold_batch_norm
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
     >>> _ = net[1].running_mean.uniform_(-1, 1), net[1].running_var.uniform_(0.5, 2)
     >>> folded = fold_batch_norm(net)
@@ -407,7 +407,7 @@ def build_trunk(backbone, layers=None, weights="DEFAULT", seed=0):
     Examples
     --------
     >>> import torch
-    >>> from skpadim.backbones import build_trunk
+    >>> from skpadim.features.backbones import build_trunk
     >>> trunk = build_trunk("resnet18", ["layer1", "layer2"], weights=None)
     >>> trunk.names                                         # layer3 and layer4 are dropped
     ['stem', 'layer1', 'layer2']

@@ -230,7 +230,7 @@ class EfficientNetLite0(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from skpadim.backbones._lite0 import EfficientNetLite0
+    >>> from skpadim.features.backbones._lite0 import EfficientNetLite0
     >>> model = EfficientNetLite0().eval()
     >>> model(torch.zeros(1, 3, 224, 224)).shape
     torch.Size([1, 1000])
