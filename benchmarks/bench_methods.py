@@ -2,7 +2,7 @@
 
 For every data set and method this prints one row of a Markdown table:
 
-- image AUROC, pixel AUROC and PRO (up to FPR 0.3), from :mod:`skpadim.metrics`, with the
+- image AUROC, pixel AUROC and PRO (up to FPR 0.3), from :mod:`skpadim.evaluation`, with the
   ground-truth masks brought through each method's own resize and crop;
 - fit time, and inference time per test image (anomaly map and image score together);
 - size of the fitted model as :func:`skpadim.save` writes it: the whole pipeline (backbone
@@ -37,11 +37,11 @@ from sklearn.pipeline import Pipeline
 
 import skpadim
 from skpadim import make_padim, scoring
+from skpadim import SPADE, VAE, make_spade
+from skpadim.evaluation import image_auroc, pixel_auroc, pro_score
 from skpadim.exceptions import SkpadimWarning
-from skpadim.metrics import image_auroc, pixel_auroc, pro_score
-from skpadim.preprocessing import n_images, transform_masks
-from skpadim.spade import SPADE, make_spade
-from skpadim.vae import VAE
+from skpadim.features import transform_masks
+from skpadim.features._images import n_images
 
 METHODS = ("PaDiM", "SPADE", "VAE")
 

@@ -22,7 +22,7 @@ import torch
 import skpadim
 from skpadim import make_padim
 from skpadim.export import OnnxModel, export_onnx
-from skpadim.pipeline import _split, _transform
+from skpadim._batches import _split, _transform
 
 THREADS = 2
 

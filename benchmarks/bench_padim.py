@@ -102,7 +102,7 @@ def _baseline(args, weights, indices):
 def _uint8_batches(paths, batch_size):
     import numpy as np
 
-    from skpadim.preprocessing import read_image
+    from skpadim.features import read_image
 
     for i in range(0, len(paths), batch_size):
         yield np.stack([read_image(p) for p in paths[i : i + batch_size]])
@@ -187,7 +187,7 @@ def worker(args):
         out = {"seconds": time.perf_counter() - start,
                "increase_mb": peak_mb() - start_rss, "n": len(paths)}
     elif args.task == "score":
-        from skpadim.preprocessing import read_image
+        from skpadim.features import read_image
 
         pipe = _pipeline(args, weights, n_features=20).fit(paths[:16])
         test = paths[: args.n]
@@ -282,7 +282,7 @@ def model_sizes(tmp, args, pipe, images, train_paths):
 def float16_quality(args):
     from skpadim import anomaly_maps, make_padim
     from skpadim.datasets import make_texture_defects
-    from skpadim.metrics import pixel_auroc
+    from skpadim.evaluation import pixel_auroc
 
     data = make_texture_defects("brick", n_train=args.texture_n, n_test=args.texture_n,
                                 size=128, random_state=0)
@@ -391,7 +391,7 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from skpadim.preprocessing import read_image
+    from skpadim.features import read_image
 
     torch.set_num_threads(args.threads)
     methods = ["quick-start", "fit_in_batches", "baseline"]

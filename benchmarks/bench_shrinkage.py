@@ -29,7 +29,7 @@ from sklearn.base import clone
 
 from skpadim import PatchGaussian, make_padim
 from skpadim.datasets import make_texture_defects
-from skpadim.metrics import image_auroc, pixel_auroc, pro_score
+from skpadim.evaluation import image_auroc, pixel_auroc, pro_score
 
 METHODS = ("empirical", "oas", "ledoit-wolf")
 METRICS = ("image AUROC", "pixel AUROC", "PRO")

@@ -27,14 +27,14 @@ import torch
 
 from skpadim import anomaly_maps, make_padim, make_spade, scoring
 from skpadim.datasets import make_texture_defects
-from skpadim.spade import nearest_neighbors
+from skpadim.detectors import nearest_neighbors
 
 TARGET_RATIO = 10.0
 
 
 def reference_layer_distances(model, layer, test_maps, neighbours):
     """SPADE's former patch search: one image at a time, its gallery rows picked with ``rows``
-    inside :func:`~skpadim.spade.nearest_neighbors` (an ``index_select`` per block)."""
+    inside :func:`~skpadim.detectors.nearest_neighbors` (an ``index_select`` per block)."""
     stored = model.patch_features_[layer]
     positions = stored.shape[1] * stored.shape[2]
     gallery = torch.from_numpy(stored.reshape(-1, stored.shape[3]))

@@ -76,7 +76,7 @@ def check_padim(tmp, train, test, results):
 
 
 def check_vae(tmp, train, test, results):
-    from skpadim.vae import VAE
+    from skpadim.detectors import VAE
 
     vae = VAE(weights=None, resize=72, random_crop=68, crop=64, n_epochs=2, n_augmented=64,
               batch_size=16, random_state=0, device="cuda").fit(train)

@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_values  # noqa: E402
 
 import skpadim  # noqa: E402
-from skpadim import PatchPCA, anomaly_maps, make_padim  # noqa: E402
+from skpadim import VAE, PatchPCA, anomaly_maps, make_padim, make_spade  # noqa: E402
 from skpadim.datasets import (  # noqa: E402
     DEMO_TEXTURES,
     MVTEC_CATEGORIES,
@@ -72,11 +72,10 @@ from skpadim.datasets import (  # noqa: E402
     make_rd_mvtec,
     read_masks,
 )
-from skpadim.metrics import image_auroc, pixel_auroc, pro_score  # noqa: E402
-from skpadim.preprocessing import n_images, transform_masks  # noqa: E402
-from skpadim.scoring import image_scores  # noqa: E402
-from skpadim.spade import make_spade  # noqa: E402
-from skpadim.vae import VAE  # noqa: E402
+from skpadim.detectors.scoring import image_scores  # noqa: E402
+from skpadim.evaluation import image_auroc, pixel_auroc, pro_score  # noqa: E402
+from skpadim.features import transform_masks  # noqa: E402
+from skpadim.features._images import n_images  # noqa: E402
 
 TABLE_IDS = ("I", "II", "III", "IV", "V", "VI", "VII", "VIII")
 GROUPS = ("textures", "objects", "all")

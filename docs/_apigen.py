@@ -20,20 +20,16 @@ PACKAGE = "skpadim"
 MODULE_ORDER = (
     "skpadim",
     "skpadim.datasets",
-    "skpadim.preprocessing",
-    "skpadim.backbones",
     "skpadim.features",
-    "skpadim.selection",
-    "skpadim.gaussian",
+    "skpadim.features.backbones",
+    "skpadim.detectors",
+    "skpadim.detectors.scoring",
     "skpadim.pipeline",
-    "skpadim.spade",
-    "skpadim.vae",
-    "skpadim.scoring",
-    "skpadim.thresholds",
-    "skpadim.metrics",
-    "skpadim.model_selection",
+    "skpadim.evaluation",
     "skpadim.inspection",
-    "skpadim.outputs",
+    "skpadim.io",
+    "skpadim.dask",
+    "skpadim.demo",
     "skpadim.exceptions",
     "skpadim.cli",
 )
@@ -121,9 +117,11 @@ def index_page(module_names):
     return (
         HEADER
         + _underline("API reference", "=")
-        + "\nEvery public name of the package, one page per module. The estimators and "
-        "functions most scripts need are importable from ``skpadim`` itself; the "
-        "submodules hold the building blocks, data sets, metrics and baselines.\n\n"
+        + "\nEvery public name of the package, one page per sub-package, in the order an "
+        "image passes through them (:doc:`/guide/architecture` draws that path). The "
+        "estimators and functions most scripts need are importable from ``skpadim`` itself; "
+        "the sub-packages hold the building blocks: data sets, features, detectors, "
+        "evaluation, and files in and out.\n\n"
         ".. toctree::\n   :maxdepth: 2\n\n"
         + toctree
         + "\n"

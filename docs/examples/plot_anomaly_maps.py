@@ -24,7 +24,7 @@ import numpy as np
 
 from skpadim import anomaly_maps, make_padim
 from skpadim.datasets import make_texture_defects
-from skpadim.metrics import image_auroc, pixel_auroc, pro_score
+from skpadim.evaluation import image_auroc, pixel_auroc, pro_score
 
 data = make_texture_defects("brick", n_train=40, n_test=16, size=128, random_state=0)
 print(data.train_images.shape, data.test_images.shape, data.test_masks.shape)

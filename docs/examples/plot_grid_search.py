@@ -8,7 +8,7 @@ the diagonal of every covariance. With a few labelled images, scikit-learn's
 :class:`~sklearn.model_selection.GridSearchCV` can choose them, provided that the
 training folds hold normal images only: a detector that learns normality from defective
 images learns to accept their defects. :class:`~skpadim.NormalOnlyKFold` makes such
-folds, and :func:`~skpadim.metrics.image_auroc_scorer` scores each fold's test images.
+folds, and :func:`~skpadim.evaluation.image_auroc_scorer` scores each fold's test images.
 
 Everything runs offline, in seconds: the images are small crops of a texture photo
 that ships with scikit-image, with drawn defects, and the backbone is EfficientNet-Lite0,
@@ -32,7 +32,7 @@ from sklearn.model_selection import GridSearchCV
 
 from skpadim import NormalOnlyKFold, make_padim
 from skpadim.datasets import make_texture_defects
-from skpadim.metrics import image_auroc_scorer
+from skpadim.evaluation import image_auroc_scorer
 
 data = make_texture_defects("brick", n_train=20, n_test=30, size=64, random_state=0)
 X = np.concatenate([data.train_images, data.test_images])

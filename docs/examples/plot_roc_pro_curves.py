@@ -23,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 
 from skpadim import BackboneFeatures, PatchGaussian, RandomFeatureSelector, anomaly_maps
 from skpadim.datasets import make_texture_defects
-from skpadim.metrics import image_auroc, pixel_auroc, pro_curve, pro_score
+from skpadim.evaluation import image_auroc, pixel_auroc, pro_curve, pro_score
 
 data = make_texture_defects("gravel", n_train=40, n_test=24, size=128, random_state=1)
 
@@ -55,8 +55,8 @@ for n_features in (10, 100):
 # %%
 # The curves
 # ----------
-# :func:`~skpadim.metrics.pro_curve` has one point per distinct score;
-# :func:`~skpadim.metrics.pro_score` is the area under it up to a false positive rate of
+# :func:`~skpadim.evaluation.pro_curve` has one point per distinct score;
+# :func:`~skpadim.evaluation.pro_score` is the area under it up to a false positive rate of
 # 0.3, divided by 0.3 (the shaded part of the right-hand plot).
 fig, (ax_image, ax_pixel, ax_pro) = plt.subplots(1, 3, figsize=(12, 4))
 for name, (scores, maps) in results.items():
