@@ -116,7 +116,9 @@ def _data_docs(app, what, name, obj, options, lines):
     if what != "data":
         return
     text = " ".join(" ".join(lines).split())
-    if not text or text == " ".join((type(obj).__doc__ or "").split()):
+    # An array's docstring is its class's, and Sphinx rewrites it (numpy's) past comparing.
+    inherited = getattr(obj, "__doc__", None) is getattr(type(obj), "__doc__", None)
+    if not text or inherited or text == " ".join((type(obj).__doc__ or "").split()):
         lines.clear()
     else:
         return

@@ -283,8 +283,7 @@ def make_spade(
     Examples
     --------
     >>> import numpy as np
-    >>> from skpadim import anomaly_maps
-    >>> from skpadim.detectors import make_spade
+    >>> from skpadim import anomaly_maps, make_spade
     >>> rng = np.random.RandomState(0)
     >>> train = rng.randint(0, 256, (6, 64, 64, 3), dtype=np.uint8)
     >>> pipe = make_spade("resnet18", weights=None, resize=64, crop=None, n_neighbors=3,

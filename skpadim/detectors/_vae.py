@@ -44,7 +44,7 @@ class VAE(VersionedStateMixin, ImageModuleMixin, AnomalyMapMixin, BaseEstimator)
     over colour channels, of its reconstruction error (decoding the latent mean), smoothed
     with a Gaussian filter; its score is the maximum of the map.
 
-    Unlike :class:`~skpadim.PatchGaussian` and :class:`~skpadim.detectors.SPADE`, the VAE takes
+    Unlike :class:`~skpadim.PatchGaussian` and :class:`~skpadim.SPADE`, the VAE takes
     images, not features: uint8 ``(n, H, W, 3)`` or ``(n, H, W)``, float ``(n, 3, H, W)``
     in [0, 1], or a list of file paths (see :mod:`skpadim.features`).
 

@@ -1,8 +1,8 @@
 """The VAE baseline's network and its training: a torch model and plain functions.
 
-- :class:`~skpadim.detectors.ConvVAE`, the torch model: a ResNet18 trunk as encoder, 1x1 convolutions to the mean
-  and log-variance of a convolutional latent (8x8 for a 256x256 input), and a decoder of
-  transposed convolutions back to the input resolution;
+- :class:`~skpadim.detectors.ConvVAE`, the torch model: a ResNet18 trunk as encoder, 1x1
+  convolutions to the mean and log-variance of a convolutional latent (8x8 for a 256x256
+  input), and a decoder of transposed convolutions back to the input resolution;
 - :func:`elbo_loss`, :func:`augment_batch` and :func:`reconstruction_errors`, plain functions;
 - :func:`train_vae`, the training loop.
 
@@ -60,7 +60,7 @@ class ConvVAE(nn.Module):
 
     See Also
     --------
-    VAE : The scikit-learn estimator that builds and trains this model.
+    skpadim.VAE : The scikit-learn estimator that builds and trains this model.
 
     Examples
     --------
