@@ -112,15 +112,9 @@ def _quote_attribute_names_in_types(app, what, name, obj, options, lines):
 
 def _data_docs(app, what, name, obj, options, lines):
     """Give a re-exported constant the ``#:`` comment of the module that defines it, and
-    never the docstring of its type (``tuple``'s "Built-in immutable sequence...")."""
+    never the docstring of its type (``tuple``'s "Built-in immutable sequence...", or an
+    array's, which numpy even words differently from its class's)."""
     if what != "data":
-        return
-    text = " ".join(" ".join(lines).split())
-    # An array's docstring is its class's, and Sphinx rewrites it (numpy's) past comparing.
-    inherited = getattr(obj, "__doc__", None) is getattr(type(obj), "__doc__", None)
-    if not text or inherited or text == " ".join((type(obj).__doc__ or "").split()):
-        lines.clear()
-    else:
         return
     short_name = name.rsplit(".", 1)[-1]
     for module_name, module in sorted(sys.modules.items()):
@@ -131,8 +125,11 @@ def _data_docs(app, what, name, obj, options, lines):
         except PycodeError:
             continue
         if ("", short_name) in attr_docs:
-            lines.extend(line.rstrip("\n") for line in attr_docs[("", short_name)])
+            lines[:] = [line.rstrip("\n") for line in attr_docs[("", short_name)]]
             return
+    text = " ".join(" ".join(lines).split())
+    if text == " ".join((type(obj).__doc__ or "").split()):
+        lines.clear()
 
 
 def setup(app):
