@@ -49,7 +49,8 @@ __all__ = ["MOVED", "install"]
 #: the old path's ``__all__``, as it was in 0.1.0.
 MOVED = {
     "skpadim.preprocessing": ("skpadim.features._images", "skpadim.features._image_files",
-                              "skpadim.features._geometry"),
+                              "skpadim.features._geometry:resize_and_crop restore_geometry "
+                              "transform_masks"),
     "skpadim.backbones": ("skpadim.features.backbones",),
     # Private, but pickles of Lite0 models name its network classes by this path.
     "skpadim.backbones._lite0": ("skpadim.features.backbones._lite0",),

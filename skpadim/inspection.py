@@ -225,7 +225,7 @@ def model_geometry(model):
     --------
     >>> from skpadim import VAE, make_padim
     >>> from skpadim.inspection import model_geometry
-    >>> g = model_geometry(make_padim("resnet18", weights=None))
+    >>> g = model_geometry(make_padim("R18-Rd100", weights=None))
     >>> g["resize"], g["crop"], g["interpolation"]
     (256, 224, 'bicubic')
     >>> model_geometry(VAE())["crop"]
@@ -360,6 +360,9 @@ class ModelMasks:
         (``test_masks``); None for an image without a defect.
     images : sequence of str
         The images, to check each mask's size against its image's.
+    crop : bool, default=True
+        False leaves out the model's crop: the masks then cover the whole resized image,
+        the border the model does not see included (see :func:`evaluation_view`).
 
     Examples
     --------
@@ -378,9 +381,9 @@ class ModelMasks:
     (2, (2, 24, 24), [True, False])
     """
 
-    def __init__(self, model, mask_refs, images):
+    def __init__(self, model, mask_refs, images, *, crop=True):
         geometry = model_geometry(model)
-        self.resize, self.crop = geometry["resize"], geometry["crop"]
+        self.resize, self.crop = geometry["resize"], geometry["crop"] if crop else None
         self.mask_refs, self.images = list(mask_refs), list(images)
         if len(self.mask_refs) != len(self.images):
             raise SkpadimError(f"{len(self.images)} images but {len(self.mask_refs)} masks")
@@ -400,3 +403,4 @@ class ModelMasks:
         if not out:
             return np.zeros((0, 0, 0), dtype=bool)
         return np.concatenate(out).astype(bool)
+

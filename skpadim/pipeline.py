@@ -49,6 +49,8 @@ _DEFAULT_N_FEATURES = {backbone: n for backbone, n in PAPER_CONFIGS.values()}
 
 #: What :func:`make_padim`'s ``preset`` sets, for every argument left at ``"auto"``.
 #:
+#: - ``"full-view"``: the default for a backbone given by name: the paper's settings without
+#:   its centre crop, so that every pixel of the image is inspected (256 x 256, bicubic).
 #: - ``"paper"``: the PaDiM paper (256 -> center crop 224, bicubic resize and map
 #:   upsampling, ``reg_covar=0.01``, scipy's ``gaussian_filter`` border ``"reflect"``, the
 #:   PaDiM authors' code).
@@ -56,6 +58,8 @@ _DEFAULT_N_FEATURES = {backbone: n for backbone, n in PAPER_CONFIGS.values()}
 #:   upsampling, 0.01 + 1e-5 on the diagonal, a 33-tap blur (sigma 4) padded with torch's
 #:   ``"reflect"``, which is scipy's ``"mirror"``).
 PRESETS = {
+    "full-view": dict(resize=256, crop=None, interpolation="bicubic", map_interpolation=None,
+                      reg_covar=0.01, mode="reflect"),
     "paper": dict(resize=256, crop=224, interpolation="bicubic", map_interpolation=None,
                   reg_covar=0.01, mode="reflect"),
     "anomalib": dict(resize=None, crop=None, interpolation="bilinear",
@@ -63,8 +67,13 @@ PRESETS = {
 }
 
 
+def _config_name(backbone):
+    """The paper configuration ``backbone`` names ("PaDiM-R18-Rd100", ...), or None."""
+    return {k.lower(): k for k in PAPER_CONFIGS}.get(backbone.lower().removeprefix("padim-"))
+
+
 def _config(backbone, n_features):
-    key = {k.lower(): k for k in PAPER_CONFIGS}.get(backbone.lower().removeprefix("padim-"))
+    key = _config_name(backbone)
     if key is not None:
         config_backbone, config_n = PAPER_CONFIGS[key]
         return config_backbone, config_n if n_features == "auto" else n_features
@@ -79,7 +88,8 @@ def _config(backbone, n_features):
 def _preset(preset, **given):
     if preset not in PRESETS:
         raise ConfigurationError(
-            f"unknown preset {preset!r}; choose one of {', '.join(map(repr, PRESETS))}"
+            f"unknown preset {preset!r}; choose 'auto' or one of "
+            f"{', '.join(map(repr, PRESETS))}"
         )
     values = {k: (PRESETS[preset][k] if v == "auto" else v) for k, v in given.items()}
     if values["map_interpolation"] is None:
@@ -91,7 +101,7 @@ def make_padim(
     backbone="resnet18",
     n_features="auto",
     *,
-    preset="paper",
+    preset="auto",
     layers=None,
     weights="DEFAULT",
     resize="auto",
@@ -131,8 +141,12 @@ def make_padim(
         Channels kept by the random selection; "auto" takes the paper's value for the
         backbone (100 for ResNet18, 550 for Wide ResNet-50-2, all for EfficientNet-B5,
         100 for Lite0); None keeps all. Ignored when ``feature_indices`` is given.
-    preset : {"paper", "anomalib"}, default="paper"
-        Fills every argument left at "auto" (see :data:`PRESETS`). "anomalib" reproduces
+    preset : {"auto", "full-view", "paper", "anomalib"}, default="auto"
+        Fills every argument left at "auto" (see :data:`PRESETS`). "auto" is "paper" when
+        ``backbone`` names one of the paper's configurations, and "full-view" otherwise:
+        the paper's settings without its centre crop, which discards 23% of the image's
+        area (the border, where a defect would go unseen). "paper" reproduces the paper's
+        256 -> 224 geometry, for its tables and MVTec AD. "anomalib" reproduces
         anomalib's ``Padim`` maps: no resize or crop (images at the data's size), bilinear
         map upsampling, ``reg_covar=0.01001`` (anomalib adds 0.01 and then 1e-5 to the
         diagonal) and its blur's border, torch's "reflect" (scipy's "mirror"). Pass
@@ -144,7 +158,8 @@ def make_padim(
         The backbone's own forward batch is :class:`BackboneFeatures`' "auto" (8 images
         on the CPU, 32 on a GPU; ``backbonefeatures__batch_size`` sets it).
     resize, crop : int, (int, int), None or "auto", default="auto"
-        Passed to :class:`BackboneFeatures` (paper: 256 and 224; anomalib: None and None).
+        Passed to :class:`BackboneFeatures` (full-view: 256 and None; paper: 256 and 224;
+        anomalib: None and None).
     interpolation : {"bicubic", "bilinear", "nearest", "auto"}, default="auto"
         How images are resized (paper: "bicubic"; anomalib: "bilinear").
     map_interpolation : {"bicubic", "bilinear", "nearest", "auto"}, default="auto"
@@ -190,6 +205,8 @@ def make_padim(
     >>> anomalib_like[0].resize, anomalib_like[-1].interpolation, anomalib_like[-1].mode
     (None, 'bilinear', 'mirror')
     """
+    if preset == "auto":
+        preset = "paper" if _config_name(backbone) else "full-view"
     backbone, n_features = _config(backbone, n_features)
     settings = _preset(preset, resize=resize, crop=crop, interpolation=interpolation,
                        map_interpolation=map_interpolation, reg_covar=reg_covar, mode=mode)

@@ -152,7 +152,8 @@ def test_fit_and_evaluate_on_mvtec_layout_with_its_geometry(trees, tmp_path):
                    "efficientnet_lite0", "--weights", "none", "--n-features", 40)
     _check_ok(proc)
     assert "detected MVTec AD category 'bottle'" in proc.stderr
-    assert "resize 256, crop 224" in proc.stderr  # MVTec AD's convention, from the loader
+    # MVTec AD's resize, from the loader; no crop, so that the border is inspected too.
+    assert "resize 256, crop None" in proc.stderr
 
     out = tmp_path / "report"
     proc = skpadim("evaluate", model, root, "--format", "mvtec", "--category", "bottle",
@@ -160,12 +161,13 @@ def test_fit_and_evaluate_on_mvtec_layout_with_its_geometry(trees, tmp_path):
     _check_ok(proc)
     report = json.loads((out / "metrics.json").read_text())
     assert report["max_fpr"] == 0.1
-    assert report["info"]["geometry"].startswith("resize 256, crop 224")
+    assert report["info"]["geometry"].startswith("resize 256, crop None")
+    assert "unseen" not in report["info"] and "does not look" not in proc.stderr
     overall = report["sets"]["bottle"]["overall"]
     assert (overall["n_normal"], overall["n_anomalous"]) == (3, 3)
     assert all(0 <= overall[k] <= 1 for k in ("image_auroc", "pixel_auroc", "pro"))
-    # Overlays show the whole 64x64 image (the map brought back from the 224 crop of its
-    # 256 resize), upscaled to reach 256 px, beside a colour bar.
+    # Overlays show the whole 64x64 image (the map brought back from its 256 resize),
+    # upscaled to reach 256 px, beside a colour bar.
     for name in os.listdir(out / "overlays"):
         _assert_png(out / "overlays" / name)
         with Image.open(out / "overlays" / name) as png:

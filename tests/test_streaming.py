@@ -249,7 +249,7 @@ def test_anomalib_preset_reproduces_anomalib_style_maps(tiny_images, resnet18_we
 
 
 def test_presets_fill_only_what_is_left_at_auto():
-    paper = make_padim("resnet18", weights=None)
+    paper = make_padim("resnet18", preset="paper", weights=None)
     assert (paper[0].resize, paper[0].crop, paper[-1].reg_covar, paper[-1].mode) == (
         256, 224, 0.01, "reflect")
     anomalib = make_padim("resnet18", preset="anomalib", weights=None, reg_covar=0.1)
@@ -258,7 +258,7 @@ def test_presets_fill_only_what_is_left_at_auto():
     split = make_padim("resnet18", weights=None, interpolation="bilinear",
                        map_interpolation="bicubic")
     assert split[0].interpolation == "bilinear" and split[-1].interpolation == "bicubic"
-    assert set(PRESETS) == {"paper", "anomalib"}
+    assert set(PRESETS) == {"full-view", "paper", "anomalib"}
     with pytest.raises(ConfigurationError, match="anomalib"):
         make_padim("resnet18", preset="patchcore")
 
@@ -315,3 +315,15 @@ def test_a_nan_training_score_is_an_error(feature_maps):
     model = PatchGaussian().fit(feature_maps)
     with pytest.raises(InvalidImageError, match="NaN or infinite score"):
         model._set_offset(np.array([1.0, np.nan]))
+
+
+def test_a_backbone_by_name_sees_the_whole_image_and_a_paper_configuration_crops():
+    # The paper's centre crop discards the border; only its configurations and preset keep it.
+    whole = make_padim("resnet18", weights=None)
+    assert (whole[0].resize, whole[0].crop, whole[-1].map_size) == (256, None, 256)
+    for paper in (make_padim("R18-Rd100", weights=None),
+                  make_padim("PaDiM-Lite0-Rd100", weights=None),
+                  make_padim("resnet18", preset="paper", weights=None)):
+        assert (paper[0].resize, paper[0].crop) == (256, 224)
+    with pytest.raises(ConfigurationError, match="choose 'auto' or one of 'full-view'"):
+        make_padim("resnet18", preset="whole")

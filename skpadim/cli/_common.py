@@ -73,6 +73,16 @@ class Log:
         return tqdm(disable=self.quiet, file=sys.stderr, **kwargs)
 
 
+def unseen_warning(unseen_area):
+    """The line ``score`` and ``evaluate`` print for a model that does not look at the
+    whole image (its crop), or None."""
+    if not unseen_area:
+        return None
+    return (f"warning: the model crops its input and does not look at {unseen_area:.0%} of "
+            "each image (the border); defects there go unseen. Fit with --crop none to "
+            "inspect every pixel.")
+
+
 # ---------------------------------------------------------------------------- option types
 def positive_int(text):
     try:

@@ -11,6 +11,7 @@ from ._common import (
     open_data,
     open_model,
     thresholds_line,
+    unseen_warning,
     wrap,
 )
 from ._images import ImageOutputs
@@ -29,8 +30,10 @@ def add_parser(commands, parents):
             "matrix at the model's image and pixel thresholds (or --threshold, "
             "--pixel-threshold), and the F1-optimal thresholds of this test set, for "
             "reference (to set them, tune them on a separate validation set with 'skpadim "
-            "threshold'). Pixel metrics compare maps and masks in the model's geometry "
-            "(masks go through its resize and crop, as in the paper). Writes "
+            "threshold'). Pixel metrics compare maps and masks at the model's resolution, "
+            "over the whole image: when the model crops its input (as the paper's 224 of "
+            "256), the border it does not see counts as not detected, and the report says "
+            "how much ground truth lies there. Writes "
             "DIR/metrics.json, DIR/metrics.md, DIR/roc.png and DIR/pro.png (operating "
             "points marked), DIR/scores.csv and DIR/scores.jsonl, and overlays and panels "
             "of the highest-scoring images of each defect type in DIR/overlays/ and "
@@ -60,10 +63,11 @@ def run(args, log):
 
     from ..evaluation._report import metrics_markdown, write_report
     from ..evaluation._scored import ScoredSet, select_for_overlays
+    from ..evaluation._view import evaluation_view
     from ..exceptions import DatasetError
     from ..features._geometry import restore_geometry
     from ..features._image_files import image_size
-    from ..inspection import FileInspection, ModelMasks, model_geometry
+    from ..inspection import FileInspection, model_geometry
     from ..io._results import ResultsWriter
     from ..pipeline import iter_inspect_images
 
@@ -86,17 +90,21 @@ def run(args, log):
     maps = np.concatenate([p.maps for p in parts])
     scores = np.concatenate([p.anomaly_scores for p in parts])
     labels = np.concatenate([p.labels for p in parts])
-    masks = None
-    if data.test_masks is not None:
-        masks = ModelMasks(model, data.test_masks, paths)[:]
-    scored = ScoredSet(np.asarray(data.test_labels), scores,
-                       np.asarray(data.test_defect_types), maps, masks)
+    view = evaluation_view(model, maps, data.test_masks, paths)
+    defect_types = np.asarray(data.test_defect_types)
+    unseen = _unseen_lines(view, defect_types)
+    for line in unseen:
+        log.info(line)
+    scored = ScoredSet(np.asarray(data.test_labels), scores, defect_types, view.maps,
+                       view.masks)
     outputs = ImageOutputs(args.out, model, maps="none", masks=False,
                            overlays=args.overlays > 0, panels=args.overlays > 0)
     thresholds = {"image": outputs.image_threshold, "pixel": outputs.pixel_threshold}
     info = {"model": os.fspath(args.model), "data": data.description,
             "geometry": f"resize {geometry['resize']}, crop {geometry['crop']} (pixel metrics "
-                        "in this geometry)"}
+                        "over the whole resized image)"}
+    if unseen:
+        info["unseen"] = " ".join(unseen)
     name = data.set_name
     try:
         report = write_report(args.out, {name: scored}, max_fpr=args.max_fpr, info=info,
@@ -131,3 +139,22 @@ def run(args, log):
     print(metrics_markdown(report))
     print(f"report written to {args.out}")
     return EXIT_OK
+
+
+def _unseen_lines(view, defect_types):
+    """What a model that crops does not see: the share of each image, and of each defect
+    type's ground truth (counted as missed by the pixel metrics)."""
+    if not view.unseen_area:
+        return []
+    lines = [unseen_warning(view.unseen_area)
+             + " The pixel metrics count them as not detected."]
+    for kind in sorted(set(defect_types.tolist())):
+        chosen = defect_types == kind
+        total = int(view.defect[chosen].sum())
+        hidden = int(view.unseen_defect[chosen].sum())
+        if hidden:
+            lines.append(f"warning: {hidden / total:.1%} of the ground-truth pixels of "
+                         f"{kind!r} ({int((view.unseen_defect[chosen] > 0).sum())} images) lie "
+                         "where the model does not look")
+    return lines
+

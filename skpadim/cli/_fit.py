@@ -56,7 +56,7 @@ def add_parser(commands, parents):
                "  skpadim fit mvtec_ad --category screw --model screw.safetensors "
                "--backbone wide_resnet50_2\n"
                "  skpadim fit my_parts/ --format folder --model parts.safetensors "
-               "--backbone efficientnet_lite0 --resize 224 --crop none\n"
+               "--backbone efficientnet_lite0 --resize 224\n"
                "  skpadim fit stc_root/ --frame-step 10 --model stc.safetensors\n"
                "  skpadim fit my_tiles/ --model tiles.safetensors    # a folder of normal "
                "images\n"
@@ -95,8 +95,10 @@ def add_parser(commands, parents):
                    help="resize images to N x N first; 'none' keeps their size; 'auto' uses "
                         "the data set's convention (MVTec 256, STC 256, else 256; VAE 292)")
     p.add_argument("--crop", type=_size, default="auto",
-                   help="then center-crop to N x N; 'none' skips it; 'auto': MVTec 224, "
-                        "STC none, else 224; VAE 256")
+                   help="then center-crop to N x N; 'none' skips it; 'auto': none for PaDiM "
+                        "and SPADE, so that every pixel is inspected (the paper's MVTec "
+                        "tables crop to 224: pass --crop 224); VAE 256, which its "
+                        "augmentation needs")
     p.add_argument("--contamination", type=number_up_to(0.5), default=0.01,
                    help="share of normal images the threshold flags, in (0, 0.5] "
                         "(default: 0.01)")
@@ -203,7 +205,9 @@ def run(args, log):
         )
     vae = args.method == "vae"
     resize = _geometry(args.resize, {} if vae else data, "resize", 292 if vae else 256)
-    crop = _geometry(args.crop, {} if vae else data, "crop", 256 if vae else 224)
+    # PaDiM and SPADE see the whole image unless told otherwise: the paper's centre crop
+    # hides the border, where a defect would go unseen (and uncounted by evaluate).
+    crop = _geometry(args.crop, {}, "crop", 256 if vae else None)
     if resize is not None and crop is not None and crop > resize:
         raise Failure(EXIT_USAGE, f"the crop ({crop}) is larger than the resize ({resize}); "
                                   "pass a --crop no larger than --resize, or --crop none")

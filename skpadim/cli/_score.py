@@ -10,6 +10,7 @@ from ._common import (
     formatter,
     open_model,
     thresholds_line,
+    unseen_warning,
     wrap,
 )
 from ._images import MAP_FORMATS, ImageOutputs
@@ -77,6 +78,7 @@ def _columns(args):
 def run(args, log):
     from ..datasets import find_images, match_masks, output_names, read_masks
     from ..evaluation._thresholds import normalize_scores
+    from ..evaluation._view import _view
     from ..exceptions import DatasetError
     from ..features._image_files import image_size
     from ..inspection import iter_inspect_files
@@ -99,6 +101,9 @@ def run(args, log):
                 raise DatasetError(f"mask {mask!r} is {mask_size} pixels (H, W) but its "
                                    f"image {image!r} is {size}")
     log.info(thresholds_line(model))
+    warning = unseen_warning(_view(model, paths)[2])
+    if warning:
+        log.info(warning)
     outputs = ImageOutputs(args.out, model, maps=args.maps, masks=not args.no_masks,
                            overlays=not args.no_overlays, panels=not args.no_panels)
     if args.normalize and not outputs.image_threshold > 0:

@@ -9,6 +9,8 @@ selection and reports.
   :class:`PixelHistogram`), anomalib's adaptive one, tuning a fitted model on labelled
   validation images (:func:`tune_thresholds`) and normalised scores;
 - model selection on normal-only training sets: :class:`~skpadim.NormalOnlyKFold`;
+- the whole image, the pixels a model does not look at included
+  (:func:`evaluation_view`);
 - reports: metrics files, ROC and PRO curves, and the overlay and panel pictures
   (:func:`write_report`, :func:`save_overlay`, :func:`save_panel`).
 """
@@ -32,6 +34,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
                   "CONTOUR_COLOUR", "HATCH_WIDTH"],
     "._legends": ["caption_text", "TEXT_COLOUR", "TEXT_BACKGROUND", "COLORBAR_WIDTH"],
     "._pictures": ["save_overlay", "save_panel", "PANEL_GAP"],
+    "._view": ["evaluation_view", "EvaluationView"],
 })
 
 if TYPE_CHECKING:  # what static tools and IDEs see
@@ -65,3 +68,4 @@ if TYPE_CHECKING:  # what static tools and IDEs see
         normalize_scores,
         tune_thresholds,
     )
+    from ._view import EvaluationView, evaluation_view

@@ -21,7 +21,7 @@ from .._lazy import attach
 __getattr__, __dir__, __all__ = attach(__name__, {
     "._image_files": ["read_image", "image_size"],
     "._images": ["as_image_batches", "image_sizes"],
-    "._geometry": ["resize_and_crop", "restore_geometry", "transform_masks"],
+    "._geometry": ["resize_and_crop", "restore_geometry", "transform_masks", "uncrop_maps"],
     "._extraction": ["BackboneFeatures", "concat_layers"],
     "._selection": ["RandomFeatureSelector"],
     "._decomposition": ["PatchPCA"],
@@ -30,7 +30,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
 if TYPE_CHECKING:  # what static tools and IDEs see
     from ._decomposition import PatchPCA
     from ._extraction import BackboneFeatures, concat_layers
-    from ._geometry import resize_and_crop, restore_geometry, transform_masks
+    from ._geometry import resize_and_crop, restore_geometry, transform_masks, uncrop_maps
     from ._image_files import image_size, read_image
     from ._images import as_image_batches, image_sizes
     from ._selection import RandomFeatureSelector

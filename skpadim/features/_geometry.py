@@ -23,6 +23,7 @@ __all__ = [
     "resize_and_crop",
     "transform_masks",
     "restore_geometry",
+    "uncrop_maps",
 ]
 
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -144,6 +145,46 @@ def transform_masks(masks, resize=None, crop=None):
     t = from_numpy(masks, dtype=np.float32)[:, None]
     t = resize_and_crop(t, resize, crop, interpolation="nearest")
     return t[:, 0].numpy() > 0.5
+
+
+def uncrop_maps(maps, resize, crop, fill):
+    """Maps of a model that crops, put back into its resized view, ``fill`` on the border.
+
+    The inverse of the crop alone, without resampling: a map of the crop's size lands at
+    the crop's place in a canvas of the resize's size. Evaluation uses it to count the
+    border the model never saw: filled with a score below every threshold, its defect
+    pixels count as missed instead of disappearing from the metrics.
+
+    Parameters
+    ----------
+    maps : ndarray of shape (n, crop_h, crop_w)
+        Anomaly maps in the model's geometry.
+    resize, crop : int or (int, int)
+        The model's resize and crop (``BackboneFeatures.resize`` and ``crop``).
+    fill : float
+        The value of the border.
+
+    Returns
+    -------
+    maps : ndarray of shape (n, resize_h, resize_w)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.features import uncrop_maps
+    >>> view = uncrop_maps(np.ones((1, 2, 2)), resize=4, crop=2, fill=0.0)
+    >>> view[0].astype(int).tolist()
+    [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    """
+    maps = np.asarray(maps)
+    size, crop = _pair(resize, "resize"), _pair(crop, "crop")
+    if maps.ndim != 3 or tuple(maps.shape[1:]) != crop:
+        raise InvalidImageError(f"maps must have shape (n, {crop[0]}, {crop[1]}), the crop's "
+                                f"size, got {maps.shape}")
+    top, left = _center_crop_offset(size, crop)
+    out = np.full((len(maps), *size), fill, dtype=maps.dtype)
+    out[:, top : top + crop[0], left : left + crop[1]] = maps
+    return out
 
 
 def _center_crop_offset(size, crop):
