@@ -106,6 +106,8 @@ def make_padim(
     weights="DEFAULT",
     resize="auto",
     crop="auto",
+    tile=None,
+    tile_overlap="auto",
     interpolation="auto",
     map_interpolation="auto",
     feature_indices=None,
@@ -160,6 +162,11 @@ def make_padim(
     resize, crop : int, (int, int), None or "auto", default="auto"
         Passed to :class:`BackboneFeatures` (full-view: 256 and None; paper: 256 and 224;
         anomalib: None and None).
+    tile, tile_overlap : int, (int, int) or None, and "auto", int or (int, int)
+        Passed to :class:`BackboneFeatures`: run the backbone on overlapping tiles of this
+        size, stitched on the whole image's grid, so that large images (``resize=None``)
+        are inspected at their own resolution with the backbone's memory bounded by the
+        tile. The Gaussians still model every position of the whole image.
     interpolation : {"bicubic", "bilinear", "nearest", "auto"}, default="auto"
         How images are resized (paper: "bicubic"; anomalib: "bilinear").
     map_interpolation : {"bicubic", "bilinear", "nearest", "auto"}, default="auto"
@@ -213,7 +220,8 @@ def make_padim(
     features = BackboneFeatures(
         backbone=backbone, layers=layers, weights=weights, resize=settings["resize"],
         crop=settings["crop"], interpolation=settings["interpolation"],
-        device=device, verbose=verbose, random_state=random_state,
+        device=device, verbose=verbose, random_state=random_state, tile=tile,
+        tile_overlap=tile_overlap,
     )
     crop, resize = settings["crop"], settings["resize"]
     map_size = crop if crop is not None else resize

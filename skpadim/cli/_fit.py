@@ -99,6 +99,11 @@ def add_parser(commands, parents):
                         "and SPADE, so that every pixel is inspected (the paper's MVTec "
                         "tables crop to 224: pass --crop 224); VAE 256, which its "
                         "augmentation needs")
+    p.add_argument("--tile", type=positive_int, default=None, metavar="N",
+                   help="PaDiM: run the backbone on overlapping N x N tiles of each image, "
+                        "stitched on the whole image's grid, so that large images can be "
+                        "inspected at their own size (--resize none) with the backbone's "
+                        "memory bounded by the tile (default: no tiling)")
     p.add_argument("--contamination", type=number_up_to(0.5), default=0.01,
                    help="share of normal images the threshold flags, in (0, 0.5] "
                         "(default: 0.01)")
@@ -124,7 +129,7 @@ def _build(args, resize, crop):
 
         n_features = {"auto": "auto", "all": None}.get(args.n_features, args.n_features)
         return make_padim(args.backbone, n_features, layers=layers, weights=args.weights,
-                          resize=resize, crop=crop, **common)
+                          resize=resize, crop=crop, tile=args.tile, **common)
     if args.method == "spade":
         from ..pipeline import make_spade
 
@@ -208,6 +213,9 @@ def run(args, log):
     # PaDiM and SPADE see the whole image unless told otherwise: the paper's centre crop
     # hides the border, where a defect would go unseen (and uncounted by evaluate).
     crop = _geometry(args.crop, {}, "crop", 256 if vae else None)
+    if args.tile is not None and args.method != "padim":
+        raise Failure(EXIT_USAGE, "--tile applies to PaDiM only; SPADE and the VAE run on "
+                                  "whole images: drop --tile, or use --method padim")
     if resize is not None and crop is not None and crop > resize:
         raise Failure(EXIT_USAGE, f"the crop ({crop}) is larger than the resize ({resize}); "
                                   "pass a --crop no larger than --resize, or --crop none")

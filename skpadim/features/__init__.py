@@ -6,7 +6,10 @@ A user's image passes through this sub-package in order:
   for maps and masks): :func:`read_image`, :func:`as_image_batches`, :func:`resize_and_crop`,
   :func:`restore_geometry`, :func:`transform_masks`;
 - the pretrained backbone and the layers it taps (:mod:`skpadim.features.backbones`), run
-  by the :class:`~skpadim.BackboneFeatures` transformer;
+  by the :class:`~skpadim.BackboneFeatures` transformer, on the whole image or on
+  overlapping tiles stitched on the whole image's grid (:func:`tile_spans`,
+  :func:`kept_spans`, :func:`forward_tiled`), so that large images are inspected at their
+  own resolution with the backbone's memory bounded by the tile;
 - optional reduction of the channels: :class:`~skpadim.RandomFeatureSelector` (the
   paper's random selection) or :class:`~skpadim.PatchPCA`.
 
@@ -25,6 +28,8 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "._extraction": ["BackboneFeatures", "concat_layers"],
     "._selection": ["RandomFeatureSelector"],
     "._decomposition": ["PatchPCA"],
+    "._tiling": ["tile_spans", "kept_spans", "forward_tiled", "auto_overlap", "layer_strides",
+                 "output_shapes"],
 })
 
 if TYPE_CHECKING:  # what static tools and IDEs see
@@ -34,3 +39,11 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     from ._image_files import image_size, read_image
     from ._images import as_image_batches, image_sizes
     from ._selection import RandomFeatureSelector
+    from ._tiling import (
+        auto_overlap,
+        forward_tiled,
+        kept_spans,
+        layer_strides,
+        output_shapes,
+        tile_spans,
+    )

@@ -13,10 +13,18 @@ from tqdm.auto import tqdm
 from .._compat import Interval, StrOptions, _fit_context
 from .._torch import ImageModuleMixin, resolve_device, torch_seed
 from .._versioning import VersionedStateMixin
-from ..exceptions import InvalidImageError
+from ..exceptions import ConfigurationError, InvalidImageError
 from . import backbones
 from ._geometry import _INTERPOLATIONS, _pair
 from ._images import as_image_batches, n_images
+from ._tiling import _pair as _tile_pair
+from ._tiling import (
+    auto_overlap,
+    forward_tiled,
+    layer_strides,
+    output_shapes,
+    tile_spans,
+)
 
 __all__ = ["BackboneFeatures", "concat_layers"]
 
@@ -92,6 +100,13 @@ def _upsample_into(target, fmap, upsample):
         target.copy_(F.interpolate(fmap, size=(h, w), mode=upsample, **kwargs))
 
 
+def _forward(module, images, plan, batch_size):
+    """The tapped layers' outputs for ``images``: whole, or tiled by ``plan``."""
+    if plan is None:
+        return module(images)
+    return forward_tiled(images, module, *plan, batch_size=batch_size)
+
+
 class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, BaseEstimator):
     """Patch embeddings from a pretrained CNN: images to ``(n, C, h, w)`` feature maps.
 
@@ -123,7 +138,8 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
     upsample : {"nearest", "bilinear", "bicubic"}, default="nearest"
         How coarser layers are upsampled to the first layer's grid.
     batch_size : int or "auto", default="auto"
-        Images per forward pass. "auto": 8 on the CPU, where small batches run faster
+        Images per forward pass (with ``tile``, tiles per forward pass, at least one tile
+        of each image of a batch). "auto": 8 on the CPU, where small batches run faster
         (they stay in cache) and need a quarter of the activation memory of 32; 32 on a
         GPU. Results do not depend on it.
     device : str, default="auto"
@@ -132,6 +148,25 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         Show a progress bar while transforming.
     random_state : int, RandomState instance or None, default=None
         Seeds the random initialisation when ``weights`` is None.
+    tile : int, (int, int) or None, default=None
+        Run the backbone on overlapping tiles of this size (in pixels of the image as it
+        reaches the network, after resize and crop) and stitch their features into one
+        map on the whole image's grid; None runs it on whole images. When to use: images
+        inspected at native resolution (2048x2048, 8000x2000, with ``resize=None,
+        crop=None``) whose whole-image activations would not fit in memory; the
+        activation memory then depends on ``tile`` and ``batch_size``, not on the
+        image. Tiles of 512 px or more keep the recomputed overlaps cheap (1.6x the
+        untiled pixels on a 2048x2048 image). Tiles start on the grid of the coarsest
+        tapped layer and keep only the cells nearer their centre than a neighbour's (see
+        :func:`~skpadim.features.forward_tiled`); an image that fits in one tile gives
+        exactly the untiled features.
+    tile_overlap : "auto", int or (int, int), default="auto"
+        Least overlap of neighbouring tiles, in pixels; each tile drops half of it at a
+        shared border, where its receptive field was cut. "auto": 8 times the coarsest
+        stride (128 px for the default layers), at most half the tile (rounded down to
+        that stride). With it, 256-px tiles of 512x512 images give features within 0.4%
+        of the untiled ones on average and 3% at worst (random ResNet18; pretrained
+        Lite0: 1.7% and 8%, next to the cuts), and image scores within 0.1%.
 
     Attributes
     ----------
@@ -175,6 +210,9 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         "device": [str, torch.device],
         "verbose": ["boolean"],
         "random_state": ["random_state"],
+        "tile": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
+        "tile_overlap": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left"),
+                         tuple, list],
     }
 
     def __init__(
@@ -192,6 +230,8 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         device="auto",
         verbose=False,
         random_state=None,
+        tile=None,
+        tile_overlap="auto",
     ):
         self.backbone = backbone
         self.layers = layers
@@ -206,6 +246,8 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         self.device = device
         self.verbose = verbose
         self.random_state = random_state
+        self.tile = tile
+        self.tile_overlap = tile_overlap
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
@@ -245,18 +287,46 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         trunk.mean.copy_(torch.tensor(mean).view(1, -1, 1, 1))
         trunk.std.copy_(torch.tensor(std).view(1, -1, 1, 1))
         self.module_ = trunk
+        self._tile_plan()  # a tiling that cannot work fails here, not on the first image
         self.image_size_ = _pair(self.crop or self.resize, "crop")
-        # Without a fixed input size only the channel counts are needed: the smallest input
-        # every backbone's stride-32 layers still map to a grid (2x2) gives them cheaply.
-        probe = self.image_size_ or (64, 64)
-        with torch.inference_mode():
-            outputs = trunk(torch.zeros(1, 3, *probe))
-        self.layer_channels_ = [int(o.shape[1]) for o in outputs]
+        # Shapes only, on the meta device: no activations, however large the images
+        # (tiled or not, the maps are on the whole image's grid). Without a fixed input
+        # size only the channel counts are needed, which any size gives.
+        shapes = output_shapes(trunk, (3, *(self.image_size_ or (64, 64))))
+        self.layer_channels_ = [int(shape[0]) for shape in shapes]
         self.n_channels_ = sum(self.layer_channels_)
         self.feature_shape_ = (
-            (self.n_channels_, *outputs[0].shape[-2:]) if self.image_size_ else None
+            (self.n_channels_, *shapes[0][-2:]) if self.image_size_ else None
         )
         return self
+
+    def _tile_plan(self):
+        """``(tile, overlap, strides)`` for :func:`forward_tiled`, or None without tiling."""
+        if self.tile is None:
+            return None
+        # Read from the network (on the meta device, so it costs nothing), not a table.
+        strides = layer_strides(self.module_)
+        align = max(strides)
+        tile = _tile_pair(self.tile, "tile", 1)
+        overlap = (auto_overlap(tile, align) if self.tile_overlap == "auto"
+                   else _tile_pair(self.tile_overlap, "tile_overlap", 0))
+        for t, o in zip(tile, overlap):
+            if t - o < align:
+                raise ConfigurationError(
+                    f"tile={self.tile} with tile_overlap={self.tile_overlap} leaves tiles "
+                    f"that cannot advance on the {align}-px grid of the coarsest tapped "
+                    f"layer: tile - overlap must be at least {align}; enlarge tile or "
+                    "lower tile_overlap"
+                )
+        return tile, overlap, strides
+
+    def _tile_grid(self, size):
+        """``(rows, columns)`` of tiles an image reaching the network at ``size`` runs in."""
+        if self.tile is None:
+            return (1, 1)
+        tile, overlap, strides = self._tile_plan()
+        return tuple(len(tile_spans(s, t, o, max(strides)))
+                     for s, t, o in zip(size, tile, overlap))
 
     def _batch_size(self, device):
         if self.batch_size != "auto":
@@ -290,6 +360,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         module = self._inference_module(device)
         batch_size = self._batch_size(device)
         n = n_images(X)
+        plan = self._tile_plan()
         out = None
         # One forward pass needs no progress bar; longer work shows one.
         with torch.inference_mode(), tqdm(
@@ -298,7 +369,8 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         ) as bar:
             for batch in self._batches(X, batch_size):
                 self._check_size(batch)
-                fmap = concat_layers(module(batch.to(device)), self.upsample, channels)
+                fmap = concat_layers(_forward(module, batch.to(device), plan, batch_size),
+                                     self.upsample, channels)
                 fmap = fmap.cpu().numpy()
                 if out is None:
                     if len(fmap) == n:
@@ -331,6 +403,12 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         state = dict(super().__getstate__())
         state.pop("_folded", None)
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # Pickles from before tiling lack its parameters; they ran untiled.
+        self.__dict__.setdefault("tile", None)
+        self.__dict__.setdefault("tile_overlap", "auto")
 
     def _check_size(self, batch):
         """Images must reach the network at the size seen in fit: checked on the input,

@@ -209,8 +209,23 @@ def _channel_pieces(layer_channels, channels):
     return pieces, None if np.array_equal(order, np.arange(order.size)) else order
 
 
+def _refuse_tiled(features):
+    # The graph runs the backbone once on the whole image; a tiled model's features differ
+    # near the tile cuts, so its graph would not give the maps the model gives.
+    size = features.__dict__.get("image_size_") or features.__dict__.get("input_size_")
+    grid = (1, 1) if size is None else features._tile_grid(size)
+    if grid != (1, 1):
+        raise ConfigurationError(
+            f"tiled models cannot be exported to ONNX yet: BackboneFeatures(tile="
+            f"{features.tile}) runs {size[0]}x{size[1]} images in {grid[0]}x{grid[1]} tiles, "
+            "which the graph does not do. Fit the pipeline with tile=None to export it, "
+            "or score this model from Python"
+        )
+
+
 def _padim_graph(model, storage_dtype):
     features, channels, detector = _padim_steps(model)
+    _refuse_tiled(features)
     storage = storage_dtype or detector.storage_dtype
     crop = _pair(features.crop)
     trunk = copy.deepcopy(features.module_).cpu().eval()
