@@ -362,7 +362,8 @@ class ModelMasks:
         The images, to check each mask's size against its image's.
     crop : bool, default=True
         False leaves out the model's crop: the masks then cover the whole resized image,
-        the border the model does not see included (see :func:`evaluation_view`).
+        the border the model does not see included (see
+        :func:`skpadim.evaluation.evaluation_view`).
 
     Examples
     --------
