@@ -32,9 +32,11 @@ _getattr, __dir__, __all__ = attach(__name__, {
                   "iter_inspect_images", "StreamingPipeline", "Inspection", "PAPER_CONFIGS",
                   "PRESETS"],
     ".io": ["save", "load", "export_onnx"],
+    "._memory": ["estimate_memory", "MemoryEstimate"],
 })
 
 if TYPE_CHECKING:  # what static tools and IDEs see
+    from ._memory import MemoryEstimate, estimate_memory
     from .detectors import SPADE, VAE, PatchGaussian
     from .evaluation import NormalOnlyKFold
     from .features import BackboneFeatures, PatchPCA, RandomFeatureSelector

@@ -18,6 +18,7 @@ from .exceptions import ConfigurationError
 from .features._extraction import BackboneFeatures
 from .features._images import n_images
 from .features._selection import RandomFeatureSelector
+from .features._tile_samples import TileSamples
 
 __all__ = ["Inspection", "anomaly_maps", "inspect_images", "iter_inspect_images"]
 
@@ -66,7 +67,8 @@ def _transform(transformers, part):
         part = steps[0]._transform(part, channels=steps[1].feature_indices_)
         steps = steps[2:]
     for step in steps:
-        part = step.transform(part)
+        # Tiles handed on as samples are computed lazily; later steps join the chain.
+        part = part.then(step) if isinstance(part, TileSamples) else step.transform(part)
     return part
 
 

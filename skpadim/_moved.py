@@ -62,7 +62,8 @@ MOVED = {
     "skpadim.spade": ("skpadim.detectors._spade", "skpadim.detectors._neighbors",
                       "skpadim.pipeline:make_spade"),
     "skpadim.vae": ("skpadim.detectors._vae", "skpadim.detectors._vae_network"),
-    "skpadim.scoring": ("skpadim.detectors.scoring",),
+    "skpadim.scoring": ("skpadim.detectors.scoring:INTERPOLATIONS BORDER_MODES upsample_maps "
+                        "gaussian_smooth anomaly_maps image_scores",),
     "skpadim.metrics": ("skpadim.evaluation._metrics", "skpadim.evaluation._scorers"),
     "skpadim.thresholds": ("skpadim.evaluation._thresholds",
                            "skpadim.evaluation._pixel_histogram"),

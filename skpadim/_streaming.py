@@ -16,10 +16,12 @@ from sklearn.utils.metaestimators import available_if
 
 from ._batches import _image_slices, _split, _transform, inspect_images
 from ._compat import Interval
+from ._memory import check_memory_limit
 from ._versioning import VersionedStateMixin
 from .detectors._base import AnomalyMapMixin
 from .exceptions import ConfigurationError, InvalidImageError
-from .features._images import n_images
+from .features._images import image_sizes, n_images
+from .features._tile_samples import TileSamples
 
 __all__ = ["StreamingPipeline", "fit_in_batches"]
 
@@ -63,8 +65,17 @@ class StreamingPipeline(VersionedStateMixin, Pipeline):
         As for ``sklearn.pipeline.Pipeline``.
     batch_size : int, default=32
         Images sent through the steps at a time. Results do not depend on it.
+    memory_limit : int, str or None, default=None
+        Most memory the fit may need, in bytes or as a string such as ``"6GB"``,
+        ``"512MB"`` or ``"1.5GiB"``. Before any image goes through the backbone, ``fit``
+        reads the first image's size (a file's header only), estimates the fit's peak with
+        ``estimate_memory`` and, if it exceeds the limit, raises a
+        :class:`~skpadim.exceptions.ConfigurationError` naming settings that would fit
+        (smaller batches, fewer features, a smaller ``resize``). Only PaDiM pipelines
+        (ending in :class:`~skpadim.PatchGaussian`) can be checked. None checks nothing.
     transform_input, memory, verbose
-        As for ``sklearn.pipeline.Pipeline``.
+        As for ``sklearn.pipeline.Pipeline`` (``memory`` caches fitted transformers; it
+        is not ``memory_limit``).
 
     Examples
     --------
@@ -83,20 +94,28 @@ class StreamingPipeline(VersionedStateMixin, Pipeline):
     >>> result = pipe.inspect(images[:3])               # one pass: maps, scores, labels
     >>> result.maps.shape, result.anomaly_scores.shape, result.labels.tolist()
     ((3, 32, 32), (3,), [1, 1, 1])
+    >>> pipe.set_params(memory_limit="10MB").fit(images)   # refused before the backbone runs
+    Traceback (most recent call last):
+    ...
+    skpadim.exceptions.ConfigurationError: fitting would need about ...
     """
 
     _parameter_constraints = {
         **Pipeline._parameter_constraints,
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        # A string's format is checked by parse_memory when fit starts.
+        "memory_limit": [None, Interval(Integral, 1, None, closed="left"), str],
     }
 
-    def __init__(self, steps, *, batch_size=32, transform_input=None, memory=None,
-                 verbose=False):
+    def __init__(self, steps, *, batch_size=32, memory_limit=None, transform_input=None,
+                 memory=None, verbose=False):
         super().__init__(steps, transform_input=transform_input, memory=memory,
                          verbose=verbose)
         self.batch_size = batch_size
+        self.memory_limit = memory_limit
 
     def __getitem__(self, ind):
+        # memory_limit stays None: a slice is rarely a whole PaDiM pipeline.
         sub = super().__getitem__(ind)
         if isinstance(sub, StreamingPipeline):
             sub.batch_size = self.batch_size
@@ -121,8 +140,21 @@ class StreamingPipeline(VersionedStateMixin, Pipeline):
         -------
         self : StreamingPipeline
             The fitted pipeline.
+
+        Raises
+        ------
+        ConfigurationError
+            If the estimated peak memory exceeds ``memory_limit`` (before any image goes
+            through the backbone), or ``memory_limit`` is set on a pipeline that is not
+            PaDiM's.
         """
-        if params or not self._streams():
+        streams = not params and self._streams()
+        if self.memory_limit is not None:
+            self._validate_params()
+            # Pipeline.fit holds every image's features: estimated as such.
+            check_memory_limit(self, _as_indexable(X), self.memory_limit,
+                               self.batch_size if streams else None)
+        if not streams:
             return super().fit(X, y, **params)
         self._validate_params()
         X = AnomalyMapMixin._normal_samples(_as_indexable(X), y)
@@ -280,8 +312,9 @@ def _as_indexable(X):
     return list(X) if isinstance(X, tuple) else X
 
 
-def _make_streaming_pipeline(*steps, batch_size):
-    return StreamingPipeline(_name_estimators(steps), batch_size=batch_size)
+def _make_streaming_pipeline(*steps, batch_size, memory_limit=None):
+    return StreamingPipeline(_name_estimators(steps), batch_size=batch_size,
+                             memory_limit=memory_limit)
 
 
 def _fit_transformers(transformers, X, batch_size):
@@ -294,12 +327,39 @@ def _fit_transformers(transformers, X, batch_size):
     for k, (_, step) in enumerate(transformers.steps):
         before = transformers[:k] if k else None
         if hasattr(step, "partial_fit"):
-            parts = _image_slices(X, batch_size)
-            step.fit(_transform(before, next(parts)))  # fit: a refit starts from scratch
+            parts = (part for image_part in _image_slices(X, batch_size)
+                     for part in _feature_parts(_transform(before, image_part)))
+            step.fit(next(parts))  # fit: a refit starts from scratch
             for part in parts:
-                step.partial_fit(_transform(before, part))
+                step.partial_fit(part)
         else:
-            step.fit(_transform(before, X[:1]))
+            first = _transform(before, X[:1])
+            step.fit(first.first_features() if isinstance(first, TileSamples) else first)
+
+
+def _feature_parts(transformed, least=2):
+    """Arrays of samples from one image batch's transform: itself, or its tiles gathered
+    into arrays of at least ``least`` samples (the last one may have fewer)."""
+    if not isinstance(transformed, TileSamples):
+        yield transformed
+        return
+    pending = []
+    for chunk in transformed:
+        pending.append(chunk.features)
+        if sum(len(p) for p in pending) >= least:
+            yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+            pending = []
+    if pending:
+        yield np.concatenate(pending)
+
+
+def _tiles_per_image(transformers, X):
+    """Mean tiles per training image when the detector is fitted on tiles, else None."""
+    first = None if transformers is None else transformers.steps[0][1]
+    if getattr(first, "tile", None) is None or getattr(first, "stitch", True):
+        return None
+    samples = TileSamples(first, X[:1])  # geometry only: nothing runs through the network
+    return float(np.mean([samples.tiles_per_image(size) for size in image_sizes(X)]))
 
 
 def _stream_fit(pipeline, X, batch_size, progress=None):
@@ -319,13 +379,29 @@ def _stream_fit(pipeline, X, batch_size, progress=None):
 
         progress = tqdm(total=n_images(X), desc="fit", unit="img")
     try:
+        # A fit starts from at least two samples: one-tile images wait for a second.
+        pending, started = [], False
         for part in _image_slices(X, batch_size):
-            final.partial_fit(_transform(transformers, part))
+            # Tiles reach the detector in batches of its own size: each update of the
+            # moments costs a pass over all of them, however few samples it adds.
+            least = max(2, getattr(final, "batch_size", 2))
+            for features in _feature_parts(_transform(transformers, part), least):
+                pending.append(features)
+                if started or sum(map(len, pending)) >= 2:
+                    final.partial_fit(np.concatenate(pending) if len(pending) > 1
+                                      else pending[0])
+                    pending, started = [], True
             if progress:
                 progress.update(len(part))
+        if pending:
+            final.partial_fit(np.concatenate(pending))
     finally:
         if close:
             progress.close()
+    tiles = _tiles_per_image(transformers, X)
+    if tiles is not None:
+        # The threshold is set on tiles' scores; an image is flagged when any tile is.
+        final.samples_per_image_ = tiles
     if hasattr(final, "_ensure_finished"):
         # Factors and threshold once, now, so that a fit's errors surface in fit.
         final._ensure_finished()

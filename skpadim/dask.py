@@ -11,7 +11,9 @@ them, and the driver computes the factors and the threshold once
 scores images on the cluster, and can write each partition's anomaly maps to disk.
 
 Dask is an optional dependency: ``pip install "skpadim[dask]"``. ``import skpadim`` never
-imports it, and this module imports it only inside the functions that use it.
+imports it, and this module imports it only inside the functions that use it. The module
+is over 500 lines and reads better whole: over a third of it is the documentation and
+examples of :func:`fit` and :func:`score`, and its code is a thin driver of both.
 
 Equality with a local fit:
 
@@ -21,11 +23,14 @@ Equality with a local fit:
 - moments: merging is exact in exact arithmetic; in float64 the means and covariances
   agree with a local fit's to about 1e-13 relative (tested to 1e-10);
 - threshold: the calibration sample is the one a local fit keeps. With ``N`` training
-  images and room for ``capacity`` samples, a local fit ends with stride ``s``, the smallest
-  power of two with ``ceil(N / s) <= capacity``, and holds the images whose index is a
+  samples and room for ``capacity``, a local fit ends with stride ``s``, the smallest
+  power of two with ``ceil(N / s) <= capacity``, and holds the samples whose index is a
   multiple of ``s``. ``N`` is known before the fit starts, so each partition keeps exactly
-  those of its images, and the union is the local sample; ``offset_`` is the same
+  those of its samples, and the union is the local sample; ``offset_`` is the same
   percentile of the same leave-one-out scores.
+- tile-shared models (``make_padim(positions="tile")``): the samples are the tiles, in
+  image order; the partitions' tiles are counted first, from the images' sizes alone, and
+  ``samples_per_image_`` (tiles per image, which the threshold uses) is set as locally.
 """
 
 import copy
@@ -40,9 +45,9 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from ._batches import _image_slices, _split, _transform, iter_inspect_images
-from ._streaming import _fit_transformers
+from ._streaming import _feature_parts, _fit_transformers, _tiles_per_image
 from ._torch import resolve_device
-from .detectors._gaussian import PatchGaussian
+from .detectors._gaussian import PatchGaussian, _new_moments
 from .detectors._moments import PatchMoments
 from .detectors._spade import SPADE
 from .exceptions import ConfigurationError, InvalidImageError
@@ -168,27 +173,36 @@ class _MomentsPart(NamedTuple):
 
 
 def _fit_moments(pipeline, part, start, stride, batch_size):
-    """One partition's moments and kept calibration samples (runs on a worker)."""
+    """One partition's moments and kept calibration samples (runs on a worker); ``start``
+    and ``stride`` count the detector's samples: images, or tiles (of a tile-shared model)."""
     transformers, final = _split(pipeline)
     device = resolve_device(final.device)
     images = _as_images(part)
     moments, kept, index = None, [], start
     for batch in _image_slices(images, batch_size):
-        X = _feature_array(_transform(transformers, batch))
-        # Blocks of the detector's own batch_size, as PatchGaussian.partial_fit takes them:
-        # the first block's mean is the shift of the sums.
-        for a in range(0, len(X), final.batch_size):
-            block = PatchGaussian._positions_first(X[a : a + final.batch_size]).to(device)
-            if moments is None:
-                moments = PatchMoments.empty(block.mean(dim=1, dtype=torch.float64))
-            moments = moments.update(block)
-        on_stride = (index + np.arange(len(X))) % stride == 0
-        if on_stride.any():
-            kept.append(X[on_stride].copy())  # a copy: a view would keep the batch alive
-        index += len(X)
+        for X in _feature_parts(_transform(transformers, batch), max(2, final.batch_size)):
+            X = _feature_array(X)
+            # Blocks of the detector's batch_size, as in partial_fit: the first block's mean
+            # is the shift of the sums; covariance_block pools the scatter from the start.
+            grid_shape = (1, 1) if X.ndim == 2 else X.shape[2:]
+            for a in range(0, len(X), final.batch_size):
+                block = PatchGaussian._positions_first(X[a : a + final.batch_size]).to(device)
+                if moments is None:
+                    moments = _new_moments(block, grid_shape, final.covariance_block)
+                moments = moments.update(block)
+            on_stride = (index + np.arange(len(X))) % stride == 0
+            if on_stride.any():
+                kept.append(X[on_stride].copy())  # a copy: a view would keep X alive
+            index += len(X)
     if moments is not None:
         moments = PatchMoments(*(t.cpu() if torch.is_tensor(t) else t for t in moments))
     return _MomentsPart(moments, kept)
+
+
+def _n_tiles(pipeline, part):
+    """Tiles a partition's images are cut into (runs on a worker; reads sizes only)."""
+    images = _as_images(part)
+    return round(_tiles_per_image(_split(pipeline)[0], images) * len(images)) if len(images) else 0
 
 
 def _merge_moments(a, b):
@@ -205,7 +219,8 @@ def _fit_gallery(pipeline, part, batch_size):
     transformers, final = _split(pipeline)
     spade = clone(final)
     for batch in _image_slices(_as_images(part), batch_size):
-        spade.partial_fit(_transform(transformers, batch))
+        for X in _feature_parts(_transform(transformers, batch)):  # tiles: arrays of them
+            spade.partial_fit(X)
     return spade if hasattr(spade, "n_samples_fit_") else None
 
 
@@ -270,7 +285,8 @@ def fit(pipeline, images, client=None, partition_size=None, batch_size=None):
         from :func:`~skpadim.make_padim`; fitted in place. Steps with ``partial_fit``
         before the detector (:class:`~skpadim.PatchPCA`) would need a pass of their own
         over the data and are refused: fit those pipelines with
-        :func:`~skpadim.fit_in_batches`.
+        :func:`~skpadim.fit_in_batches`. A tile-shared pipeline
+        (``make_padim(positions="tile")``) is fitted on the images' tiles, as locally.
     images : dask.bag.Bag, dask.array.Array, list or ndarray
         Normal training images: a bag of image paths (or of ``(H, W, 3)`` arrays), a dask
         array ``(n, H, W, 3)`` uint8, or a plain list of paths or array, which is split
@@ -343,18 +359,25 @@ def fit(pipeline, images, client=None, partition_size=None, batch_size=None):
         raise InvalidImageError(f"fitting needs at least 2 training images, got {n}")
 
     final._reset()  # a refit starts from scratch, as a local fit would
+    if gaussian:  # settings that cannot work fail before the cluster does any work
+        final._validate_params()
+        final._check_settings()
     first = _first_image(parts, sizes)
     if transformers is not None:
         _fit_transformers(transformers, first, batch_size)
+    tiled = _tiles_per_image(transformers, first) is not None  # samples: tiles, not images
     # Sent once to every worker, not once per task; a replica on each worker also
     # survives the loss of any one of them.
     shipped = client.scatter(pipeline, broadcast=True, hash=False)
     task = dask.delayed(pure=True)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
     if gaussian:
-        sample = _feature_array(_transform(transformers, first))
+        # Tiles are counted first (image sizes only): their place in the stream.
+        counts = (client.gather(client.compute([task(_n_tiles)(shipped, p) for p in parts]))
+                  if tiled else sizes)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+        sample = _feature_array(next(_feature_parts(_transform(transformers, first))))
         capacity = final._new_calibration_sample(sample[0].nbytes).capacity
-        stride = _calibration_stride(n, capacity)
+        stride = _calibration_stride(sum(counts), capacity)
         leaves = [task(_fit_moments)(shipped, part, start, stride, batch_size)
                   for part, start in zip(parts, starts)]
         merged = client.compute(_tree(task, _merge_moments, leaves)).result()
@@ -365,6 +388,10 @@ def fit(pipeline, images, client=None, partition_size=None, batch_size=None):
     else:
         leaves = [task(_fit_gallery)(shipped, part, batch_size) for part in parts]
         model = client.compute(_tree(task, _merge_galleries, leaves)).result()
+    if tiled:  # as locally, set before the threshold, which then flags images, not tiles
+        model.samples_per_image_ = (model.n_samples_seen_ if gaussian
+                                    else model.n_samples_fit_) / n
+    if tiled or not gaussian:  # from_moments finished the model without it
         model._unfinished = True
         model._ensure_finished()
     client.cancel(shipped)

@@ -47,6 +47,12 @@ PAPER_CONFIGS = {
 }
 _DEFAULT_N_FEATURES = {backbone: n for backbone, n in PAPER_CONFIGS.values()}
 
+#: The tile of ``make_padim(positions="tile")`` when none is given, in pixels: a 64 x 64
+#: patch grid for the built-in backbones (4,096 Gaussians; 0.33 GB of moments and factors
+#: with 100 features), large enough for the deepest tapped layer's receptive field to
+#: see mostly image rather than padding at the tile's kept centre.
+DEFAULT_SHARED_TILE = 256
+
 #: What :func:`make_padim`'s ``preset`` sets, for every argument left at ``"auto"``.
 #:
 #: - ``"full-view"``: the default for a backbone given by name: the paper's settings without
@@ -106,6 +112,7 @@ def make_padim(
     weights="DEFAULT",
     resize="auto",
     crop="auto",
+    positions="image",
     tile=None,
     tile_overlap="auto",
     interpolation="auto",
@@ -113,12 +120,14 @@ def make_padim(
     feature_indices=None,
     reg_covar="auto",
     covariance="empirical",
+    covariance_block=1,
     contamination=0.01,
     calibration_size="auto",
     sigma=4.0,
     mode="auto",
     storage_dtype="float32",
     batch_size=32,
+    memory_limit=None,
     device="auto",
     verbose=False,
     random_state=None,
@@ -162,11 +171,27 @@ def make_padim(
     resize, crop : int, (int, int), None or "auto", default="auto"
         Passed to :class:`BackboneFeatures` (full-view: 256 and None; paper: 256 and 224;
         anomalib: None and None).
+    positions : {"image", "tile"}, default="image"
+        What the Gaussians model (see the user guide's "High-resolution images").
+        "image": one Gaussian per position of the whole image's patch grid, the paper's
+        model, for aligned objects (a part always in the same place); its memory grows
+        with the image's area. "tile": one Gaussian per position of a ``tile``, shared by
+        every tile of every image, for stationary surfaces (textures, webs, sheets,
+        painted or rolled goods): every tile of every training image is a sample, images
+        of any size (at least a tile) are inspected at their native resolution by
+        default (``resize`` and ``crop`` "auto" mean None), and memory does not depend
+        on the image's size. The image threshold then flags ``contamination`` of images,
+        not of tiles (see :class:`~skpadim.PatchGaussian`'s
+        ``samples_per_image_``).
     tile, tile_overlap : int, (int, int) or None, and "auto", int or (int, int)
-        Passed to :class:`BackboneFeatures`: run the backbone on overlapping tiles of this
-        size, stitched on the whole image's grid, so that large images (``resize=None``)
-        are inspected at their own resolution with the backbone's memory bounded by the
-        tile. The Gaussians still model every position of the whole image.
+        Passed to :class:`BackboneFeatures`. With ``positions="image"``: run the backbone
+        on overlapping tiles of this size, stitched on the whole image's grid, so that
+        large images (``resize=None``) are inspected at their own resolution with the
+        backbone's memory bounded by the tile; the Gaussians still model every position
+        of the whole image. With ``positions="tile"``: the tile the Gaussians model (None
+        means 256 px), cut at native resolution with at least ``tile_overlap`` pixels
+        shared by neighbours ("auto": 64 px for the default layers); each pixel's value
+        comes from the tile whose centre is nearest.
     interpolation : {"bicubic", "bilinear", "nearest", "auto"}, default="auto"
         How images are resized (paper: "bicubic"; anomalib: "bilinear").
     map_interpolation : {"bicubic", "bilinear", "nearest", "auto"}, default="auto"
@@ -180,6 +205,12 @@ def make_padim(
         Per-position covariance estimate, passed to :class:`PatchGaussian`: the paper's
         sample covariance, or a shrinkage estimate (OAS, Ledoit-Wolf) whose intensity is
         estimated from the data; ``reg_covar`` is added on top.
+    covariance_block : int, default=1
+        Passed to :class:`PatchGaussian`: covariances shared by blocks of ``k x k``
+        neighbouring positions, means kept per position. The memory knob of
+        ``positions="image"`` at high resolution: the covariances' memory divided by
+        ``k**2``, each estimated from ``k**2`` times the samples (better conditioned with
+        few training images).
     mode : {"reflect", "mirror", "nearest", "constant", "wrap", "auto"}, default="auto"
         Border of the maps' Gaussian filter, in **scipy.ndimage's** names: "reflect" repeats
         the edge pixel (d c b a | a b c d; the paper), "mirror" does not (d c b | a b c d;
@@ -188,6 +219,10 @@ def make_padim(
         Where the backbone and the Gaussians compute ("auto": CUDA when available).
     contamination, calibration_size, sigma, storage_dtype
         Passed to :class:`PatchGaussian`.
+    memory_limit : int, str or None, default=None
+        Passed to :class:`StreamingPipeline`: a fit whose estimated peak memory
+        (:func:`~skpadim.estimate_memory`) exceeds it, such as ``"6GB"``, is refused before
+        the backbone runs, with settings that would fit.
     random_state : int, RandomState instance or None, default=None
         Seeds the channel draw (and the weights when ``weights=None``).
 
@@ -212,6 +247,16 @@ def make_padim(
     >>> anomalib_like[0].resize, anomalib_like[-1].interpolation, anomalib_like[-1].mode
     (None, 'bilinear', 'mirror')
     """
+    if positions not in ("image", "tile"):
+        raise ConfigurationError(
+            f"positions must be 'image' (a Gaussian per position of the whole image) or "
+            f"'tile' (a Gaussian per position of a tile, shared by all tiles), got {positions!r}"
+        )
+    shared = positions == "tile"
+    if shared:
+        # Native resolution: the tiles, not a resize, bound the memory.
+        tile = DEFAULT_SHARED_TILE if tile is None else tile
+        resize, crop = (None if v == "auto" else v for v in (resize, crop))
     if preset == "auto":
         preset = "paper" if _config_name(backbone) else "full-view"
     backbone, n_features = _config(backbone, n_features)
@@ -221,22 +266,23 @@ def make_padim(
         backbone=backbone, layers=layers, weights=weights, resize=settings["resize"],
         crop=settings["crop"], interpolation=settings["interpolation"],
         device=device, verbose=verbose, random_state=random_state, tile=tile,
-        tile_overlap=tile_overlap,
+        tile_overlap=tile_overlap, stitch=not shared,
     )
     crop, resize = settings["crop"], settings["resize"]
-    map_size = crop if crop is not None else resize
+    map_size = tile if shared else crop if crop is not None else resize
     return _make_streaming_pipeline(
         features,
         RandomFeatureSelector(n_features=n_features, feature_indices=feature_indices,
                               random_state=random_state),
         PatchGaussian(
             reg_covar=settings["reg_covar"], covariance=covariance,
-            contamination=contamination,
+            covariance_block=covariance_block, contamination=contamination,
             calibration_size=calibration_size, batch_size=batch_size, map_size=map_size,
             interpolation=settings["map_interpolation"], sigma=sigma, mode=settings["mode"],
             storage_dtype=storage_dtype, device=device,
         ),
         batch_size=batch_size,
+        memory_limit=memory_limit,
     )
 
 

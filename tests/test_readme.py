@@ -23,5 +23,5 @@ def test_quick_start_runs():
     namespace = {}
     for block in python_blocks():
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
-    assert namespace["maps"].shape == (20, 128, 128)
-    assert namespace["spade_maps"].shape == namespace["vae_maps"].shape == (20, 128, 128)
+    assert namespace["maps"].shape == (20, 224, 224)
+    assert namespace["spade_maps"].shape == namespace["vae_maps"].shape == (20, 224, 224)

@@ -324,4 +324,4 @@ def test_make_padim_and_the_command_line_pass_the_tile_on(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "skpadim.cli", "fit", tmp_path, "--model",
                            tmp_path / "m.safetensors", "--method", "spade", "--tile", "64",
                            "--weights", "none"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "--tile applies to PaDiM only" in proc.stderr
+    assert proc.returncode == 2 and "--tile and --positions apply to PaDiM only" in proc.stderr

@@ -32,6 +32,14 @@ def _n_features(text):
     return positive_int(text)
 
 
+def _tile(text):
+    return "auto" if text.lower() == "auto" else positive_int(text)
+
+
+def _block(text):
+    return "auto" if text.lower() == "auto" else positive_int(text)
+
+
 def _weights(text):
     lowered = text.lower()
     if lowered == "none":
@@ -92,18 +100,38 @@ def add_parser(commands, parents):
                         "name, or a state-dict file; the VAE's encoder starts from them "
                         "(default: default)")
     p.add_argument("--resize", type=_size, default="auto",
-                   help="resize images to N x N first; 'none' keeps their size; 'auto' uses "
-                        "the data set's convention (MVTec 256, STC 256, else 256; VAE 292)")
+                   help="resize images to N x N first, which trades resolution for speed; "
+                        "'none' keeps their size; 'auto': PaDiM inspects your own images "
+                        "at their native resolution, MVTec AD and STC at their convention "
+                        "(256, the paper's); SPADE 256; the VAE 292")
     p.add_argument("--crop", type=_size, default="auto",
                    help="then center-crop to N x N; 'none' skips it; 'auto': none for PaDiM "
                         "and SPADE, so that every pixel is inspected (the paper's MVTec "
                         "tables crop to 224: pass --crop 224); VAE 256, which its "
                         "augmentation needs")
-    p.add_argument("--tile", type=positive_int, default=None, metavar="N",
-                   help="PaDiM: run the backbone on overlapping N x N tiles of each image, "
-                        "stitched on the whole image's grid, so that large images can be "
-                        "inspected at their own size (--resize none) with the backbone's "
-                        "memory bounded by the tile (default: no tiling)")
+    p.add_argument("--positions", choices=("image", "tile"), default="image",
+                   help="PaDiM: what the Gaussians model. 'image': one per position of the "
+                        "whole image, for aligned parts (the paper's); 'tile': one per "
+                        "position of a tile, shared by every tile of every image, for "
+                        "surfaces that look the same everywhere (textures, webs, sheets): "
+                        "memory does not grow with the image and images may differ in "
+                        "size (default: image)")
+    p.add_argument("--tile", type=_tile, default="auto", metavar="N",
+                   help="PaDiM: with --positions image, run the backbone on overlapping "
+                        "N x N tiles stitched on the whole image's grid; with --positions "
+                        "tile, the tile the Gaussians model. 'auto': 512 for images larger "
+                        "than 512 px (else none); 256 for --positions tile (default: auto)")
+    p.add_argument("--covariance-block", type=_block, default="auto", metavar="K",
+                   help="PaDiM, --positions image: covariances shared by K x K neighbouring "
+                        "positions (means stay per position), which divides their memory "
+                        "by K^2. 'auto': 1 (a covariance per position, the paper's) unless "
+                        "the fit would exceed --memory-limit, else the smallest K that keeps "
+                        "it within (default: auto)")
+    p.add_argument("--memory-limit", default="auto", metavar="SIZE",
+                   help="PaDiM: refuse, before any image goes through the network, a fit "
+                        "estimated to need more, e.g. 6GB or 512MB; 'auto': 6 GB, or half "
+                        "of this machine's RAM if that is less; 'none': no limit "
+                        "(default: auto)")
     p.add_argument("--contamination", type=number_up_to(0.5), default=0.01,
                    help="share of normal images the threshold flags, in (0, 0.5] "
                         "(default: 0.01)")
@@ -119,7 +147,7 @@ def _geometry(value, data, key, default):
     return None if value == "none" else value
 
 
-def _build(args, resize, crop):
+def _build(args, resize, crop, tile=None, block=1):
     """The unfitted model ``--method`` names."""
     common = {"contamination": args.contamination, "batch_size": args.batch_size,
               "device": args.device, "random_state": args.random_state}
@@ -129,7 +157,8 @@ def _build(args, resize, crop):
 
         n_features = {"auto": "auto", "all": None}.get(args.n_features, args.n_features)
         return make_padim(args.backbone, n_features, layers=layers, weights=args.weights,
-                          resize=resize, crop=crop, tile=args.tile, **common)
+                          resize=resize, crop=crop, positions=args.positions, tile=tile,
+                          covariance_block=block, **common)
     if args.method == "spade":
         from ..pipeline import make_spade
 
@@ -153,7 +182,7 @@ def _check_backbone(model):
     from ..exceptions import SkpadimError, WeightsError
 
     if not hasattr(model, "steps"):  # the VAE builds its encoder in fit
-        return
+        return None
     features = clone(model[0])
     try:
         features.fit()
@@ -183,6 +212,7 @@ def _check_backbone(model):
             f"backbone {features.backbone!r} gives on these layers; choose at most "
             f"{features.n_channels_}, or 'all'",
         )
+    return features
 
 
 def _describe(args, model, resize, crop):
@@ -193,7 +223,77 @@ def _describe(args, model, resize, crop):
     what = (f"PaDiM, backbone {features.backbone}, {model[1].n_features or 'all'} channels"
             if args.method == "padim" else
             f"SPADE, backbone {features.backbone}, {args.n_neighbors} neighbours")
-    return f"model: {what}, resize {resize}, crop {crop}, device {args.device}"
+    if args.method == "padim":
+        gaussian = model[-1]
+        what += (f", a Gaussian per position of a {features.tile}-px tile shared by all tiles"
+                 if args.positions == "tile" else
+                 ", a Gaussian per position of the whole image"
+                 + (f" with covariances shared by {gaussian.covariance_block}x"
+                    f"{gaussian.covariance_block} blocks"
+                    if gaussian.covariance_block > 1 else "")
+                 + (f", backbone on {features.tile}-px tiles" if features.tile else ""))
+    size = "native resolution" if resize is None and crop is None else (
+        f"resize {resize}, crop {crop}")
+    return f"model: {what}, {size}, device {args.device}"
+
+
+def _plan_padim(args, data, resize, crop, log):
+    """The PaDiM model for the settings left at "auto", and what its fit will need."""
+    from ..exceptions import ConfigurationError
+    from ..features._image_files import image_size
+    from . import _plan
+
+    sizes = {image_size(path) for path in data.train_images}
+    size = (resize, resize) if resize is not None else max(sizes)
+    if crop is not None:
+        size = (crop, crop)
+    if resize is None and crop is None and len(sizes) > 1 and args.positions == "image":
+        raise Failure(EXIT_USAGE, (
+            f"the training images have {len(sizes)} different sizes (e.g. "
+            f"{sorted(sizes)[:2]}); a Gaussian per position of the whole image needs one "
+            "size: pass --resize N, or --positions tile for surfaces"))
+    tile = _plan.auto_tile(args.positions, size) if args.tile == "auto" else args.tile
+    try:
+        limit_bytes = _plan.memory_limit(args.memory_limit)
+    except ConfigurationError as exc:
+        raise Failure(EXIT_USAGE, f"--memory-limit: {exc}") from None
+    n = len(data.train_images)
+    if args.positions == "tile" or args.covariance_block != "auto":
+        block = 1 if args.covariance_block == "auto" else args.covariance_block
+        model = _build(args, resize, crop, tile, block)
+        estimate = _estimate(model, size, n)
+    else:
+        block, estimate = _plan.choose_block(
+            lambda k: _build(args, resize, crop, tile, k), size, n, limit_bytes)
+        model = _build(args, resize, crop, tile, block)
+    if estimate is not None:
+        log.info(f"expected: fit peak about {estimate.fit_peak / 1e9:.1f} GB"
+                 + (f" (limit {limit_bytes / 1e9:.1f} GB)" if limit_bytes else "")
+                 + f", model file about {estimate.model_size / 1e6:,.0f} MB")
+        if limit_bytes is not None and estimate.fit_peak > limit_bytes:
+            from .._memory import check_memory_limit
+
+            try:
+                check_memory_limit(model, data.train_images, limit_bytes, args.batch_size)
+            except ConfigurationError as exc:
+                raise Failure(EXIT_USAGE, f"{exc}; or raise --memory-limit") from None
+    return model
+
+
+def _duration(seconds):
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _estimate(model, size, n):
+    from ..exceptions import SkpadimError
+    from .._memory import estimate_memory
+
+    try:
+        return estimate_memory(model, size, n_images=n)
+    except SkpadimError:  # a configuration the estimate does not cover
+        return None
 
 
 def run(args, log):
@@ -209,22 +309,35 @@ def run(args, log):
             f"{len(data.train_images)}"
         )
     vae = args.method == "vae"
-    resize = _geometry(args.resize, {} if vae else data, "resize", 292 if vae else 256)
+    # PaDiM inspects the user's own images at native resolution (tiles bound its memory);
+    # MVTec AD and STC keep their 256 convention, the paper's.
+    resize = _geometry(args.resize, {} if vae else data, "resize",
+                       292 if vae else None if args.method == "padim" else 256)
     # PaDiM and SPADE see the whole image unless told otherwise: the paper's centre crop
     # hides the border, where a defect would go unseen (and uncounted by evaluate).
     crop = _geometry(args.crop, {}, "crop", 256 if vae else None)
-    if args.tile is not None and args.method != "padim":
-        raise Failure(EXIT_USAGE, "--tile applies to PaDiM only; SPADE and the VAE run on "
-                                  "whole images: drop --tile, or use --method padim")
+    if args.method != "padim" and (args.tile != "auto" or args.positions != "image"):
+        raise Failure(EXIT_USAGE, "--tile and --positions apply to PaDiM only; SPADE and the "
+                                  "VAE run on whole images: drop them, or use --method padim")
     if resize is not None and crop is not None and crop > resize:
         raise Failure(EXIT_USAGE, f"the crop ({crop}) is larger than the resize ({resize}); "
                                   "pass a --crop no larger than --resize, or --crop none")
     check_writable(args.model)
     for path in data.train_images:  # every training image is an image, from its header
         image_size(path)
-    model = _build(args, resize, crop)
-    _check_backbone(model)
+    if args.method == "padim":
+        model = _plan_padim(args, data, resize, crop, log)
+    else:
+        model = _build(args, resize, crop)
+    features = _check_backbone(model)
     log.info(_describe(args, model, resize, crop))
+    if features is not None:
+        from ._plan import seconds_per_image
+
+        per_image = seconds_per_image(features, data.train_images[0])
+        total = per_image * len(data.train_images)
+        log.info(f"expected: about {_duration(total)} for the {len(data.train_images)} "
+                 f"training images ({per_image:.1f} s per image through the network)")
     if vae:
         model.fit(data.train_images)
     else:

@@ -32,6 +32,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._compat import Interval, StrOptions
 from .._labels import as_anomaly_labels
 from ..exceptions import ConfigurationError, InvalidImageError, SkpadimWarning
+from ..features._tile_samples import TileSamples
 from . import scoring
 
 
@@ -186,6 +187,11 @@ class AnomalyMapMixin(OutlierMixin):
         """
         check_is_fitted(self)
         self._ensure_finished()
+        if isinstance(X, TileSamples):
+            raise InvalidImageError(
+                "tiles handed on as samples have no whole-image patch grid; use "
+                "anomaly_maps, which stitches the tiles' maps at the image's resolution"
+            )
         return self._patch_distances(X)
 
     def anomaly_maps(self, X):
@@ -201,6 +207,10 @@ class AnomalyMapMixin(OutlierMixin):
         maps : ndarray of shape (n_samples, H, W), dtype float32
             Higher = more anomalous. ``(H, W)`` is ``map_size``.
         """
+        if isinstance(X, TileSamples):
+            check_is_fitted(self)
+            self._ensure_finished()
+            return self._tile_maps(X)
         distances = self.patch_distances(X)
         if distances.ndim != 3:
             raise InvalidImageError(
@@ -208,6 +218,28 @@ class AnomalyMapMixin(OutlierMixin):
                 "spatial layout: use anomaly_scores or score_samples instead"
             )
         return self._distances_to_maps(distances)
+
+    def _tile_maps(self, samples):
+        """Maps of images whose tiles are the samples: each tile's distances are upsampled
+        to its pixels, the kept parts pasted into one map per image, and the Gaussian
+        filter runs on the whole map (:func:`scoring.stitch_tile_maps`)."""
+        maps = [None] * len(samples)
+        for chunk in samples:
+            (r0, r1), (c0, c1) = chunk.tiles[0]
+            tile_maps = scoring.upsample_maps(
+                self._patch_distances(chunk.features), (r1 - r0, c1 - c0), self.interpolation)
+            if maps[chunk.image] is None:
+                maps[chunk.image] = np.empty(chunk.image_size, dtype=np.float32)
+            scoring.stitch_tile_maps(tile_maps, list(zip(chunk.tiles, chunk.kept)),
+                                     chunk.image_size, out=maps[chunk.image])
+        if len({m.shape for m in maps}) > 1:
+            raise InvalidImageError(
+                f"images of different sizes {sorted({m.shape for m in maps})} cannot share "
+                "one array of maps; score them one at a time (batch_size=1) or in groups "
+                "of one size"
+            )
+        return scoring.gaussian_smooth(np.stack(maps), sigma=self.sigma,
+                                       truncate=self.truncate, mode=self.mode)
 
     def _distances_to_maps(self, distances):
         return scoring.anomaly_maps(
@@ -235,6 +267,8 @@ class AnomalyMapMixin(OutlierMixin):
         """
         check_is_fitted(self)
         self._ensure_finished()
+        if isinstance(X, TileSamples):
+            return scoring.image_scores(self._tile_maps(X))
         # A chunk of samples at a time: some detectors' distances are full-resolution maps
         # (the VAE's), which for a whole test set would grow with its size.
         step = getattr(self, "batch_size", None) or 32
@@ -266,7 +300,8 @@ class AnomalyMapMixin(OutlierMixin):
         the same input.
         """
         maps = self.anomaly_maps(X)
-        if type(self).anomaly_scores is AnomalyMapMixin.anomaly_scores:
+        if (type(self).anomaly_scores is AnomalyMapMixin.anomaly_scores
+                or isinstance(X, TileSamples)):
             return maps, scoring.image_scores(maps)
         return maps, np.asarray(self.anomaly_scores(X))
 
@@ -356,7 +391,17 @@ class AnomalyMapMixin(OutlierMixin):
                 "threshold can be set; check the training images and the settings (for a "
                 "VAE: a smaller learning_rate)"
             )
-        return float(np.percentile(training_scores, 100.0 * self.contamination))
+        return float(np.percentile(training_scores, 100.0 * self._sample_contamination()))
+
+    def _sample_contamination(self):
+        """``contamination`` per training sample. Fitted on tiles, an image is flagged when
+        any of its ``k = samples_per_image_`` tiles is, so each tile is flagged with the
+        probability ``1 - (1 - contamination) ** (1 / k)`` that flags ``contamination`` of
+        images whose tiles are independent."""
+        k = self.__dict__.get("samples_per_image_", 1.0)
+        if k == 1:
+            return self.contamination
+        return 1.0 - (1.0 - self.contamination) ** (1.0 / k)
 
     def _set_offset(self, training_scores):
         """Threshold so that a fraction ``contamination`` of the training samples is flagged.

@@ -5,8 +5,9 @@ in plain functions over torch tensors laid out positions-first, ``(n_positions, 
 n_features)``: it streams training batches into :class:`~skpadim.detectors.PatchMoments`
 (``_moments``), turns the finished moments into Cholesky factors of the precisions
 (:func:`~skpadim.detectors.precision_cholesky`, ``_mahalanobis``), keeps those packed when
-saved (``_packed``) and scores by :func:`~skpadim.detectors.mahalanobis`. The two functions
-above the class go from moments to the fitted state and back.
+saved (``_packed``) and scores by :func:`~skpadim.detectors.mahalanobis`; covariances
+shared by blocks of positions (``covariance_block``) are laid out and pooled by
+``_blocks``. The functions above the class go from moments to the fitted state and back.
 
 The module is over 500 lines and reads better whole: the class, with the documentation a
 public estimator owes its users, is most of it, and its code is already a thin shell.
@@ -23,8 +24,15 @@ from .._compat import Interval, StrOptions, _fit_context
 from .._torch import from_numpy, resolve_device
 from .._validation import validate_feature_maps
 from .._versioning import VersionedStateMixin
-from ..exceptions import InvalidImageError
+from ..exceptions import ConfigurationError, InvalidImageError
 from ._base import MAP_PARAMETER_CONSTRAINTS, AnomalyMapMixin
+from ._blocks import (
+    block_index,
+    block_mahalanobis,
+    block_members,
+    pool_scatter,
+    refuse_shrinkage,
+)
 from ._calibration import SystematicSample
 
 # precision_cholesky by name: _factorise looks it up here (tests count its calls).
@@ -34,7 +42,7 @@ from ._mahalanobis import (
     mahalanobis,
     precision_cholesky,
 )
-from ._moments import PatchMoments, _estimate_covariance, _moments_on
+from ._moments import PatchMoments, _estimate_covariance, _moments_on, _same_blocks
 from ._packed import pack_upper, unpack_upper
 
 __all__ = ["PatchGaussian"]
@@ -48,10 +56,10 @@ def _storage(storage_dtype):
 def _factorise(moments, covariance, reg_covar, storage_dtype, chunk=64):
     """Means, shrinkage intensities and precision factors of finished moments.
 
-    Positions are factorised in chunks, which bounds the float64 temporaries; shrinkage
-    is applied per chunk, vectorised over its positions. The factors are rounded to
-    ``storage_dtype`` (what a saved model keeps) and held as float32 matrices ready for
-    scoring.
+    Positions (or blocks of positions, for block moments) are factorised in chunks, which
+    bounds the float64 temporaries; shrinkage is applied per chunk, vectorised over its
+    positions. The factors are rounded to ``storage_dtype`` (what a saved model keeps) and
+    held as float32 matrices ready for scoring.
 
     Parameters
     ----------
@@ -64,14 +72,14 @@ def _factorise(moments, covariance, reg_covar, storage_dtype, chunk=64):
     storage_dtype : {"float32", "float16"}
         Precision the factors are rounded to.
     chunk : int, default=64
-        Positions factorised at once.
+        Positions (or blocks) factorised at once.
 
     Returns
     -------
     mean : ndarray of shape (n_positions, n_features), dtype float32
-    shrinkage : ndarray of shape (n_positions,), dtype float64
-    precision_cholesky : torch.Tensor of shape (n_positions, n_features, n_features)
-        float32, on the CPU.
+    shrinkage : ndarray of shape (n_blocks,), dtype float64
+    precision_cholesky : torch.Tensor of shape (n_blocks, n_features, n_features)
+        float32, on the CPU; ``n_blocks`` is ``n_positions`` for per-position moments.
     """
     storage = _storage(storage_dtype)
     mean = moments.mean
@@ -81,11 +89,14 @@ def _factorise(moments, covariance, reg_covar, storage_dtype, chunk=64):
             "the fitted means or covariances hold NaN or infinite values (features too "
             "large for float32?); check the images and the steps before this one"
         )
-    chol = torch.empty(mean.shape[0], mean.shape[1], mean.shape[1], dtype=torch.float32)
-    shrinkage = torch.zeros(mean.shape[0], dtype=torch.float64)
+    n_blocks, d = moments.sum_sq.shape[0], mean.shape[1]
+    members = moments.block_members()
+    chol = torch.empty(n_blocks, d, d, dtype=torch.float32)
+    shrinkage = torch.zeros(n_blocks, dtype=torch.float64)
     finite = True
-    for start in range(0, mean.shape[0], chunk):
-        cov, rho = _estimate_covariance(moments, slice(start, start + chunk), covariance)
+    for start in range(0, n_blocks, chunk):
+        cov, rho = _estimate_covariance(moments, slice(start, start + chunk), covariance,
+                                        members)
         shrinkage[start : start + chunk] = rho.cpu()
         factors = precision_cholesky(cov, reg_covar).cpu().to(storage)
         finite = finite and bool(torch.isfinite(factors).all())
@@ -99,7 +110,7 @@ def _factorise(moments, covariance, reg_covar, storage_dtype, chunk=64):
     return mean.to(torch.float32).cpu().numpy(), shrinkage.numpy(), chol
 
 
-def _moments_from_factors(mean, prec_chol, count, reg_covar, shrinkage=None):
+def _moments_from_factors(mean, prec_chol, count, reg_covar, shrinkage=None, blocks=None):
     """Moments that reproduce fitted Gaussians: :func:`_factorise` undone, up to rounding.
 
     A model restored from disk keeps its means and factors but not its sums; these moments
@@ -109,7 +120,7 @@ def _moments_from_factors(mean, prec_chol, count, reg_covar, shrinkage=None):
     Parameters
     ----------
     mean : ndarray of shape (n_positions, n_features)
-    prec_chol : ndarray of shape (n_positions, n_features, n_features)
+    prec_chol : ndarray of shape (n_blocks, n_features, n_features)
         Precision factors of the regularised (and maybe shrunk) covariances.
     count : int
         Number of samples the model was fitted on.
@@ -117,6 +128,8 @@ def _moments_from_factors(mean, prec_chol, count, reg_covar, shrinkage=None):
         The regulariser in the factors.
     shrinkage : ndarray of shape (n_positions,) or None, default=None
         Intensities the covariances were shrunk with; None if they were not.
+    blocks : torch.Tensor of shape (n_positions,) or None, default=None
+        The block of each position, for shared covariances; None: one per position.
 
     Returns
     -------
@@ -140,7 +153,28 @@ def _moments_from_factors(mean, prec_chol, count, reg_covar, shrinkage=None):
         target = cov.diagonal(dim1=1, dim2=2).sum(dim=1) / d
         ml = (cov - (rho * target)[:, None, None] * eye) / (1 - rho)[:, None, None]
         cov = ml * n / (n - 1)
-    return PatchMoments.from_mean_covariance(n, torch.from_numpy(mean), cov)
+    return PatchMoments.from_mean_covariance(n, torch.from_numpy(mean), cov, blocks)
+
+
+def _new_moments(batch, grid_shape, covariance_block):
+    """Empty moments summed around ``batch``'s mean (positions first), with one scatter per
+    ``covariance_block x covariance_block`` block of ``grid_shape`` when that exceeds 1."""
+    blocks = None if covariance_block == 1 else block_index(grid_shape, covariance_block)
+    return PatchMoments.empty(batch.mean(dim=1, dtype=torch.float64), blocks)
+
+
+def _moments_in_blocks(moments, blocks):
+    """``moments`` laid out for ``blocks`` (None: per position): per-position moments are
+    pooled into blocks; moments pooled in other blocks are refused."""
+    if moments.block_index is None and blocks is not None:
+        return moments._replace(sum_sq=pool_scatter(moments.sum_sq, blocks), sum_quartic=None,
+                                sum_cubic=None, block_index=blocks.to(moments.sum.device))
+    if not _same_blocks(moments.block_index, blocks):
+        raise ConfigurationError(
+            "these moments pool their positions in other blocks than covariance_block and "
+            "grid_shape make; pass the covariance_block they were accumulated with"
+        )
+    return moments
 
 
 class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
@@ -187,6 +221,21 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         one ``fit``; "ledoit-wolf" also needs fourth moments, which a model loaded from disk
         no longer has (continuing such a fit with ``partial_fit`` raises). See the user
         guide's "Shrinkage covariance" for when it helps.
+    covariance_block : int, default=1
+        Side ``k`` of the blocks of ``k x k`` neighbouring positions that share one
+        covariance; every position keeps its own mean. The memory of the fit's scatter sums
+        and of the model's factors drops by ``k^2`` (100 features on a 512 x 512 grid: 10.6
+        GB of float64 scatter sums and 5.3 GB of saved factors at ``k=1``, 0.66 GB and 0.33
+        GB at ``k=4``; the per-position means and sums, 0.42 GB, stay). Blocks
+        tile the grid from the top-left; where ``k`` does not divide it, the last row and
+        column of blocks are smaller. A block's covariance is the pooled within-position
+        covariance: each position's samples centred on that position's mean, summed over
+        the block and divided by ``sum (n - 1)`` over its positions. 1 is the paper's
+        model. Only with ``covariance="empirical"``: shrinkage intensities are estimated
+        per position, and a ``ConfigurationError`` says so. Leaving an image out of a
+        shared covariance removes a sample from every position of its block; the
+        leave-one-out ``calibration`` downdates it in closed form for all of them at once
+        (exact without ``reg_covar``, as for single positions).
     contamination : float, default=0.01
         Fraction of normal images the threshold ``offset_`` flags as anomalous; see
         ``calibration`` for which scores it is taken from.
@@ -242,13 +291,22 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         Number of training samples the model is built from.
     mean_ : ndarray of shape (h * w, n_features_in_), dtype float32
         Per-position means, positions in row-major order.
-    shrinkage_ : ndarray of shape (h * w,), dtype float64
-        Per-position shrinkage intensity ``rho`` (zeros for ``covariance="empirical"``).
-    precisions_cholesky_ : ndarray of shape (h * w, n_features_in_, n_features_in_)
+    covariance_block_ : int
+        The ``covariance_block`` the model was fitted with.
+    block_index_ : ndarray of shape (h * w,), dtype int64
+        The covariance (row of ``precisions_cholesky_``) of each position, positions in
+        row-major order, blocks numbered row-major; ``arange(h * w)`` when
+        ``covariance_block_`` is 1.
+    shrinkage_ : ndarray of shape (n_blocks,), dtype float64
+        Per-covariance shrinkage intensity ``rho`` (zeros for ``covariance="empirical"``).
+        ``n_blocks`` is ``h * w`` for ``covariance_block=1``, else
+        ``ceil(h / k) * ceil(w / k)``.
+    precisions_cholesky_ : ndarray of shape (n_blocks, n_features_in_, n_features_in_)
         Upper-triangular Cholesky factors of the precision matrices (inverse regularised
         covariances), as in :class:`sklearn.mixture.GaussianMixture`, rounded to
-        ``storage_dtype``. Saved packed (upper triangles only).
-    covariances_ : ndarray of shape (h * w, n_features_in_, n_features_in_)
+        ``storage_dtype``, one per position (or per block, see ``block_index_``). Saved
+        packed (upper triangles only).
+    covariances_ : ndarray of shape (n_blocks, n_features_in_, n_features_in_)
         Regularised (and shrunk) covariances, recomputed from ``precisions_cholesky_`` on
         access.
     offset_ : float
@@ -259,6 +317,12 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         Map values above it mark defect pixels: ``image_threshold_`` unless set otherwise
         with ``set_thresholds`` (an image's score is its map's maximum, so a pixel above it
         alone flags its image).
+    samples_per_image_ : float
+        Set only when the model was fitted on tiles (``make_padim(positions="tile")``):
+        the mean number of tiles per training image, ``k``. An image is flagged when any
+        of its tiles is, so ``offset_`` flags a share ``1 - (1 - contamination) ** (1 / k)``
+        of the training tiles, which flags ``contamination`` of images whose tiles are
+        independent.
 
     See Also
     --------
@@ -285,11 +349,17 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
     >>> shrunk = PatchGaussian(covariance="oas", reg_covar=0).fit(few)
     >>> bool(0 < shrunk.shrinkage_[0] < 1)
     True
+    >>> shared = PatchGaussian(covariance_block=2).fit(train)     # 2 x 2 blocks of 4 x 4
+    >>> shared.precisions_cholesky_.shape, shared.block_index_.reshape(4, 4)[:2].tolist()
+    ((4, 8, 8), [[0, 0, 1, 1], [0, 0, 1, 1]])
+    >>> shared.predict(test)
+    array([ 1, -1])
     """
 
     _parameter_constraints = {
         "reg_covar": [Interval(Real, 0, None, closed="left")],
         "covariance": [StrOptions({"empirical", "oas", "ledoit-wolf"})],
+        "covariance_block": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "storage_dtype": [StrOptions({"float32", "float16"})],
         "calibration": [StrOptions({"leave-one-out", "in-sample"})],
@@ -302,6 +372,7 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         self,
         reg_covar=0.01,
         covariance="empirical",
+        covariance_block=1,
         contamination=0.01,
         calibration="leave-one-out",
         calibration_size="auto",
@@ -316,6 +387,7 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
     ):
         self.reg_covar = reg_covar
         self.covariance = covariance
+        self.covariance_block = covariance_block
         self.contamination = contamination
         self.calibration = calibration
         self.calibration_size = calibration_size
@@ -369,7 +441,7 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
             The fitted estimator.
         """
         self._reset()
-        self._check_map_size()
+        self._check_settings()
         X, _ = self._validate(X, reset=True)
         X = self._normal_samples(X, y)
         self._accumulate(X)
@@ -399,7 +471,7 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         """
         first = not hasattr(self, "n_samples_seen_")
         if first:
-            self._check_map_size()
+            self._check_settings()
         X, _ = self._validate(X, reset=first)
         X = self._normal_samples(X, y, min_samples=2 if first else 1)
         self._accumulate(X)
@@ -415,7 +487,9 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         Parameters
         ----------
         moments : PatchMoments
-            Sums over ``moments.count`` (at least 2) training samples.
+            Sums over ``moments.count`` (at least 2) training samples: per position, or
+            pooled in the blocks ``covariance_block`` makes of ``grid_shape`` (per-position
+            moments are then pooled here).
         grid_shape : (int, int) or None, default=None
             ``(h, w)`` of the feature maps the positions come from, row-major; None for
             2-D feature vectors (a single position).
@@ -446,7 +520,7 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         """
         model = cls(**params)
         model._validate_params()
-        model._check_map_size()
+        model._check_settings()
         if moments.count < 2:
             raise InvalidImageError(f"fitting needs at least 2 samples, got {moments.count}")
         flat = grid_shape is None
@@ -458,7 +532,8 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
                 f"{model.grid_shape_[0] * model.grid_shape_[1]} of grid_shape={grid_shape}"
             )
         model.n_features_in_ = moments.n_features
-        model._moments = _moments_on(moments, "cpu")
+        model.covariance_block_ = int(model.covariance_block)
+        model._moments = _moments_on(_moments_in_blocks(moments, model._blocks()), "cpu")
         model.n_samples_seen_ = moments.count
         model.reg_covar_ = float(model.reg_covar)
         if calibration_samples is not None:
@@ -470,9 +545,15 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
 
     def _training_scores(self, X):
         """``score_samples`` of training samples, as ``calibration`` asks, to set ``offset_``."""
-        distances = self._patch_distances(X)
-        if self.calibration == "leave-one-out":
-            distances = leave_one_out_distances(distances, self.n_samples_seen_)
+        loo = self.calibration == "leave-one-out"
+        if loo and self._blocks() is not None:
+            # Shared covariances lose a sample per position of the block: the closed form
+            # needs the whitened residuals, which the distances are computed from.
+            distances = self._patch_distances(X, loo_samples=self.n_samples_seen_)
+        else:
+            distances = self._patch_distances(X)
+            if loo:
+                distances = leave_one_out_distances(distances, self.n_samples_seen_)
         return -self._distances_to_scores(distances)
 
     def _new_calibration_sample(self, sample_bytes, budget=1 << 26):
@@ -480,6 +561,16 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         if capacity == "auto":
             capacity = max(64, budget // max(1, sample_bytes))
         return SystematicSample(capacity)
+
+    def _check_settings(self):
+        self._check_map_size()
+        refuse_shrinkage(self.covariance, self.covariance_block)
+
+    def _blocks(self):
+        """The fitted block of each position (torch int64), or None for one covariance per
+        position."""
+        k = self.__dict__.get("covariance_block_", 1)
+        return None if k == 1 else block_index(self.grid_shape_, k)
 
     def _reset(self):
         """Forget what was learnt, so that the next partial_fit starts a new model."""
@@ -489,6 +580,13 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
     def _accumulate(self, X):
         moments = self.__dict__.get("_moments")
         device = resolve_device(self.device)
+        if hasattr(self, "n_samples_seen_") and self.covariance_block_ != self.covariance_block:
+            raise ConfigurationError(
+                f"covariance_block changed from {self.covariance_block_} to "
+                f"{self.covariance_block} since this fit started; partial_fit continues a fit "
+                "with its own blocks: set it back, or refit with fit"
+            )
+        grid_shape = (1, 1) if X.ndim == 2 else tuple(X.shape[2:])
         if moments is None and hasattr(self, "n_samples_seen_"):
             moments = self._moments_from_fitted()
         if moments is not None and moments.sum.device != device:
@@ -500,13 +598,14 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
             part = X[start : start + self.batch_size]
             batch = self._positions_first(part).to(device)
             if moments is None:
-                moments = PatchMoments.empty(batch.mean(dim=1, dtype=torch.float64))
+                moments = _new_moments(batch, grid_shape, self.covariance_block)
             moments = moments.update(batch)
             calibration.add(part)
         # Kept for partial_fit, on the CPU: a GPU's memory goes to scoring.
         self._moments = _moments_on(moments, "cpu")
         self._flat_ = X.ndim == 2
-        self.grid_shape_ = (1, 1) if X.ndim == 2 else tuple(X.shape[2:])
+        self.grid_shape_ = grid_shape
+        self.covariance_block_ = int(self.covariance_block)
         self.n_samples_seen_ = moments.count
         self.reg_covar_ = float(self.reg_covar)
 
@@ -530,7 +629,8 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         # Models saved before shrinkage existed have no such flag: they did not shrink.
         shrinkage = self.shrinkage_ if self.__dict__.get("_shrunk", False) else None
         return _moments_from_factors(self.mean_, self.precisions_cholesky_,
-                                     self.n_samples_seen_, self.reg_covar_, shrinkage)
+                                     self.n_samples_seen_, self.reg_covar_, shrinkage,
+                                     self._blocks())
 
     # ------------------------------------------------------------------ fitted state
     @property
@@ -552,6 +652,13 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         self._ensure_finished()
         check_is_fitted(self, "mean_")
         return self._chol_cpu.numpy().copy()
+
+    @property
+    def block_index_(self):
+        check_is_fitted(self, "n_samples_seen_")
+        blocks = self._blocks()
+        h, w = self.grid_shape_
+        return np.arange(h * w, dtype=np.int64) if blocks is None else blocks.numpy()
 
     @property
     def covariances_(self):
@@ -594,13 +701,17 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
     def __setstate__(self, state):
         state = dict(state)
         packed = state.pop("_packed_chol", None)
+        if "n_samples_seen_" in state:  # models saved before covariance_block existed
+            state.setdefault("covariance_block_", 1)
         super().__setstate__(state)
         if packed is not None:
             d = self.mean_.shape[1]
             self._chol_cpu = unpack_upper(torch.as_tensor(packed), d, torch.float32)
 
     # ------------------------------------------------------------------ scoring
-    def _patch_distances(self, X):
+    def _patch_distances(self, X, loo_samples=None):
+        """Distances of ``X`` to its positions' Gaussians; with ``loo_samples`` (blocks
+        only), leave-one-out distances of training samples."""
         X, shape = self._validate(X, reset=False)
         # 2-D input is one position: float64 costs nothing there and keeps sklearn's
         # batch-invariance checks exact.
@@ -608,11 +719,18 @@ class PatchGaussian(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         device = resolve_device(self.device)
         mean = torch.from_numpy(self.mean_).to(device, dtype)
         chol = self._chol(dtype, device)
+        blocks = self._blocks()
+        members = None if blocks is None else block_members(blocks).to(device)
         out = []
         with torch.inference_mode():
             for start in range(0, X.shape[0], self.batch_size):
                 batch = self._positions_first(X[start : start + self.batch_size])
-                out.append(mahalanobis(batch.to(device, dtype), mean, chol).T.cpu())
+                batch = batch.to(device, dtype)
+                if members is None:
+                    out.append(mahalanobis(batch, mean, chol).T.cpu())
+                else:
+                    out.append(block_mahalanobis(batch, mean, chol, members,
+                                                 loo_samples=loo_samples).T.cpu())
         d = torch.cat(out).numpy()
         return d[:, 0] if X.ndim == 2 else d.reshape(X.shape[0], *shape)
 

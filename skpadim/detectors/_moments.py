@@ -6,7 +6,8 @@ fourth-moment sums). :class:`PatchMoments` keeps those sums in float64, adds one
 time (memory does not grow with the training set) and merges the sums of disjoint sample
 sets exactly, which is what makes ``partial_fit``, streamed and distributed fits one
 computation. The covariances, empirical or shrunk (:mod:`skpadim.detectors`), are computed
-from the sums, a slice of positions at a time.
+from the sums, a slice of positions at a time. Moments can also keep one scatter per block
+of neighbouring positions, for covariances shared by blocks (``_blocks``).
 """
 
 from typing import NamedTuple
@@ -14,6 +15,7 @@ from typing import NamedTuple
 import torch
 
 from ..exceptions import InvalidImageError
+from ._blocks import block_members, moved_block_scatter, pooled_covariance, refuse_shrinkage
 from ._packed import _packed_matvec, _triu, pack_upper, unpack_symmetric
 from ._shrinkage import covariance_traces, ledoit_wolf_shrinkage, oas_shrinkage, shrunk_covariance
 
@@ -51,9 +53,19 @@ class PatchMoments(NamedTuple):
         Sum of ``||x - shift||^4``; None where unknown (:meth:`from_mean_covariance`).
     sum_cubic : torch.Tensor of shape (n_positions, n_features) or None
         Sum of ``||x - shift||^2 (x - shift)``; None where unknown.
+    block_index : torch.Tensor of shape (n_positions,) or None
+        For covariances shared by blocks of positions: the block of each position
+        (``block_index``). ``sum_sq`` then holds one row per
+        block, ``(n_blocks, n_features * (n_features + 1) // 2)``, the sum over the block's
+        positions of their outer products, each around its own position's shift; the
+        fourth moments are not kept. None (the default): one row per position.
 
     Notes
     -----
+    Block moments merge as exactly as per-position ones: moving a set's sums to another
+    shift changes each position's outer products by terms of that position's sum and shift,
+    which are summed over the block (``_blocks``).
+
     ``sum_quartic`` and ``sum_cubic`` are what Ledoit-Wolf shrinkage needs on top of the
     first two moments (:meth:`centred_fourth_moment`). They cost ``n_positions *
     (n_features + 1)`` float64 more, about ``2 / n_features`` of ``sum_sq`` (2.5 MB for 100
@@ -87,29 +99,48 @@ class PatchMoments(NamedTuple):
     # lack the fourth moments, which only Ledoit-Wolf shrinkage asks for.
     sum_quartic: torch.Tensor = None
     sum_cubic: torch.Tensor = None
+    # Last, with a default: moments of per-position covariances are built as before.
+    block_index: torch.Tensor = None
 
     @classmethod
-    def empty(cls, shift):
-        """Moments of no samples, to be summed around ``shift`` (positions, features)."""
+    def empty(cls, shift, block_index=None):
+        """Moments of no samples, to be summed around ``shift`` (positions, features); with
+        ``block_index`` (see the attribute), scatter sums per block of positions."""
         # Rounded to float32 so that float32 features minus the shift are computed exactly
         # in float32 (see update).
         shift = shift.to(torch.float32).to(torch.float64)
         p, d = shift.shape
         zeros = dict(dtype=torch.float64, device=shift.device)
+        if block_index is not None:
+            block_index = block_index.to(shift.device)
+            n_blocks = int(block_index.max()) + 1
+            return cls(0, shift, torch.zeros(p, d, **zeros),
+                       torch.zeros(n_blocks, d * (d + 1) // 2, **zeros),
+                       block_index=block_index)
         return cls(0, shift, torch.zeros(p, d, **zeros),
                    torch.zeros(p, d * (d + 1) // 2, **zeros),
                    torch.zeros(p, **zeros), torch.zeros(p, d, **zeros))
 
     @classmethod
-    def from_mean_covariance(cls, count, mean, covariance):
+    def from_mean_covariance(cls, count, mean, covariance, block_index=None):
         """Moments that reproduce a known mean and (unregularised, n-1) covariance.
 
-        The fourth moments are unknown (``sum_quartic`` and ``sum_cubic`` are None), and stay
+        With ``block_index``, ``covariance`` holds one pooled covariance per block. The
+        fourth moments are unknown (``sum_quartic`` and ``sum_cubic`` are None), and stay
         so through :meth:`update` and :meth:`merge`.
         """
         mean = mean.to(torch.float64)
-        scatter = pack_upper(covariance.to(torch.float64) * (count - 1))
-        return cls(count, mean, torch.zeros_like(mean), scatter)
+        dof = count - 1
+        if block_index is not None:
+            sizes = torch.bincount(block_index).to(torch.float64)
+            dof = (sizes * dof)[:, None, None]
+        scatter = pack_upper(covariance.to(torch.float64) * dof)
+        return cls(count, mean, torch.zeros_like(mean), scatter, block_index=block_index)
+
+    def block_members(self):
+        """``block_members`` of ``block_index`` (None if
+        per position): the positions of each block, padded with -1."""
+        return None if self.block_index is None else block_members(self.block_index)
 
     @property
     def has_fourth_moments(self):
@@ -142,7 +173,11 @@ class PatchMoments(NamedTuple):
             centred = (X[a : a + step].to(work) - self.shift[a : a + step, None, :].to(work))
             self.sum[a : a + step] += centred.sum(dim=1, dtype=torch.float64)
             scatter = torch.bmm(centred.transpose(1, 2), centred)
-            self.sum_sq[a : a + step] += scatter.reshape(-1, d * d).index_select(1, flat)
+            packed = scatter.reshape(-1, d * d).index_select(1, flat)
+            if self.block_index is None:
+                self.sum_sq[a : a + step] += packed
+            else:  # each position's products go to its block's row
+                self.sum_sq.index_add_(0, self.block_index[a : a + step], packed)
             if self.has_fourth_moments:
                 norm_sq = centred.square().sum(dim=2)
                 self.sum_quartic[a : a + step] += norm_sq.square().sum(dim=1)
@@ -164,6 +199,11 @@ class PatchMoments(NamedTuple):
                 f"into {tuple(self.shift.shape)}; both must come from the same pipeline and "
                 "image size"
             )
+        if not _same_blocks(self.block_index, other.block_index):
+            raise InvalidImageError(
+                "cannot merge moments whose positions are pooled in different blocks; "
+                "accumulate both with the same covariance_block"
+            )
         if other.count == 0:
             return self._copy()
         if self.count == 0:
@@ -173,8 +213,11 @@ class PatchMoments(NamedTuple):
         delta = other.shift.to(device) - self.shift
         n = other.count
         rows, cols = _triu(self.n_features, device)
-        moved_sq = (o_sq + delta[:, rows] * o_sum[:, cols] + o_sum[:, rows] * delta[:, cols]
-                    + n * delta[:, rows] * delta[:, cols])
+        if self.block_index is None:
+            moved_sq = (o_sq + delta[:, rows] * o_sum[:, cols] + o_sum[:, rows] * delta[:, cols]
+                        + n * delta[:, rows] * delta[:, cols])
+        else:
+            moved_sq = moved_block_scatter(o_sq, o_sum, delta, n, self.block_members())
         quartic = cubic = None
         if self.has_fourth_moments and other.has_fourth_moments:
             # Over other's samples, y = x - other.shift, y' = y + delta, e = ||delta||^2:
@@ -191,19 +234,25 @@ class PatchMoments(NamedTuple):
                 o_cubic + 2 * q_delta + e[:, None] * o_sum
                 + (trace_q + 2 * d_sum + n * e)[:, None] * delta)
         return PatchMoments(self.count + n, self.shift, self.sum + o_sum + n * delta,
-                            self.sum_sq + moved_sq, quartic, cubic)
+                            self.sum_sq + moved_sq, quartic, cubic, self.block_index)
 
     @property
     def mean(self):
         """Per-position mean, float64 (n_positions, n_features)."""
         return self.shift + self.sum / self.count
 
-    def covariance(self, positions=slice(None), ddof=1):
+    def covariance(self, positions=slice(None), ddof=1, members=None):
         """Sample covariance (divided by ``n - ddof``), float64, for a slice of positions.
 
         ``ddof=0`` gives the maximum-likelihood covariance, the one shrinkage estimators
-        shrink (:mod:`skpadim.detectors`).
+        shrink (:mod:`skpadim.detectors`). Block moments give the pooled covariances of a
+        slice of blocks (divided by ``sum_{p in b} (n - ddof)``); ``members``, their
+        :meth:`block_members`, saves recomputing it for each slice.
         """
+        if self.block_index is not None:
+            members = self.block_members() if members is None else members
+            return pooled_covariance(self.sum_sq[positions], self.sum, self.count,
+                                     members[positions].to(self.sum.device), ddof)
         s = self.sum[positions]
         outer = s[:, :, None] * s[:, None, :] / self.count
         scatter = unpack_symmetric(self.sum_sq[positions], self.n_features)
@@ -242,14 +291,23 @@ def _moments_on(moments, device):
     return PatchMoments(*(t.to(device) if torch.is_tensor(t) else t for t in moments))
 
 
-def _estimate_covariance(moments, positions, method):
+def _same_blocks(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
+
+
+def _estimate_covariance(moments, positions, method, members=None):
     """Covariances (before ``reg_covar``) and shrinkage intensities of some positions.
 
     ``method`` is :class:`~skpadim.PatchGaussian`'s ``covariance``: "empirical", "oas" or
-    "ledoit-wolf".
+    "ledoit-wolf". Block moments (``members``: their :meth:`PatchMoments.block_members`)
+    give pooled covariances of a slice of blocks, and are not shrunk.
     """
+    if moments.block_index is not None:
+        refuse_shrinkage(method)
     if method == "empirical":
-        cov = moments.covariance(positions)
+        cov = moments.covariance(positions, members=members)
         return cov, torch.zeros(cov.shape[0], dtype=cov.dtype, device=cov.device)
     # sklearn shrinks the maximum-likelihood covariance (divided by n); PaDiM then uses
     # that shrunk matrix itself, so the 1x1-grid case is exactly sklearn's estimator.

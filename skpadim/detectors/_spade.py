@@ -46,6 +46,11 @@ from ._spade_gallery import (
 
 __all__ = ["SPADE", "SPADE_LAYERS", "PIXEL_CALIBRATION_IMAGES"]
 
+#: Largest patch grid SPADE accepts (positions of the finest tapped layer): 512 x 512
+#: images at stride 4. It keeps every training image's feature maps, so memory and search
+#: grow with the grid times the training set.
+MAX_GRID_POSITIONS = 128 * 128
+
 #: Most training images whose leave-one-out anomaly maps set SPADE's default pixel threshold
 #: (spread evenly over the training set): a bounded cost, that of scoring as many images.
 PIXEL_CALIBRATION_IMAGES = 64
@@ -294,6 +299,7 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         self._reset()
         self._check_map_size()
         X = self._normal_samples(self._validate(X, reset=True), y)
+        self._check_resolution(X)
         self._append(X)
         self._finish()
         return self
@@ -325,6 +331,8 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
             self._check_map_size()
         X = self._normal_samples(self._validate(X, reset=first), y,
                                  min_samples=2 if first else 1)
+        if first:
+            self._check_resolution(X)
         if not first and X.ndim == 4 and self._layer_grids(X) != self.layer_grids_:
             raise InvalidImageError(
                 f"feature maps of grid {X.shape[2:]} give layer grids {self._layer_grids(X)}, "
@@ -334,6 +342,21 @@ class SPADE(VersionedStateMixin, AnomalyMapMixin, BaseEstimator):
         self._append(X)
         self._unfinished = True
         return self
+
+    def _check_resolution(self, X):
+        """Refuse feature maps too large to keep for every training image (high resolution)."""
+        if X.ndim != 4 or X.shape[2] * X.shape[3] <= MAX_GRID_POSITIONS:
+            return
+        per_image = X[0].size * np.dtype(self.storage_dtype).itemsize
+        raise InvalidImageError(
+            f"SPADE keeps every training image's feature maps and searches them all for each "
+            f"test patch: on a {X.shape[2]}x{X.shape[3]} patch grid that is "
+            f"{per_image / 1e6:,.0f} MB per training image, beyond its limit of "
+            f"{MAX_GRID_POSITIONS:,} positions (512x512 images). Resize the images "
+            "(make_spade(resize=256); skpadim fit --resize 256), or inspect at native "
+            "resolution with PaDiM, which tiles images of any size "
+            "(make_padim(positions='tile') for surfaces, make_padim(tile=512) for parts)"
+        )
 
     def _reset(self):
         """Forget the stored samples, so that the next partial_fit starts a new model."""

@@ -33,6 +33,10 @@ from ._vae_network import ConvVAE, reconstruction_errors, train_vae
 
 __all__ = ["VAE"]
 
+#: Refused: images reaching the VAE with more than this many times its crop's area (it
+#: would model the centre and never look at the rest). The paper's 292 -> 256 is 1.3.
+_MAX_UNSEEN_FACTOR = 4
+
 
 class VAE(VersionedStateMixin, ImageModuleMixin, AnomalyMapMixin, BaseEstimator):
     """Variational-autoencoder anomaly detection, the PaDiM paper's VAE baseline.
@@ -232,6 +236,17 @@ class VAE(VersionedStateMixin, ImageModuleMixin, AnomalyMapMixin, BaseEstimator)
             raise InvalidImageError(
                 f"need crop {crop} <= random_crop {random_crop} <= resized image "
                 f"{tuple(resized)}; lower crop or random_crop, or raise resize"
+            )
+        if resized[0] * resized[1] > _MAX_UNSEEN_FACTOR * crop[0] * crop[1]:
+            # The network's input is fixed (the crop): of a large image it would model a
+            # small centre and never look at the rest.
+            seen = crop[0] * crop[1] / (resized[0] * resized[1])
+            raise InvalidImageError(
+                f"the VAE sees a {crop[0]}x{crop[1]} centre crop: of images reaching it at "
+                f"{resized[0]}x{resized[1]} it would inspect {seen:.0%} and ignore the rest. "
+                f"Set resize so that the crop covers most of the image (the paper: resize "
+                f"292, crop 256), or inspect at native resolution with PaDiM "
+                "(make_padim(positions='tile') for surfaces, tile=512 for parts)"
             )
         return crop, random_crop
 

@@ -8,7 +8,9 @@ on what happens next, and this module is that common part:
 2. :func:`gaussian_smooth` blurs them with a Gaussian filter (sigma = 4 in the paper);
 3. :func:`image_scores` reduces each map to one number (the paper takes the maximum).
 
-:func:`anomaly_maps` chains 1 and 2. Every function takes numpy arrays or torch tensors of shape
+:func:`anomaly_maps` chains 1 and 2. A model of tiles (``make_padim(positions="tile")``)
+upsamples each tile's distances to the tile's pixels, pastes them into one map per image
+with :func:`stitch_tile_maps`, and then blurs the whole map. Every function takes numpy arrays or torch tensors of shape
 ``(n, h, w)`` and returns float32 numpy arrays; higher always means more anomalous.
 """
 
@@ -29,6 +31,7 @@ __all__ = [
     "gaussian_smooth",
     "anomaly_maps",
     "image_scores",
+    "stitch_tile_maps",
 ]
 
 #: Interpolation modes :func:`upsample_maps` accepts.
@@ -220,3 +223,52 @@ def image_scores(maps):
     """
     t = _as_tensor(maps)
     return t.reshape(t.shape[0], -1).amax(dim=1).numpy()
+
+
+def stitch_tile_maps(tile_maps, placements, size, out=None):
+    """One map of an image from the maps of its overlapping tiles, at the image's resolution.
+
+    Each tile contributes only the pixels of its ``kept`` span (closer to its own centre
+    than to a neighbour's, see :func:`~skpadim.features.kept_spans`), so every pixel comes
+    from exactly one tile: where the backbone's receptive field was cut, at a tile's
+    shared border, the neighbour's value is used instead. Values are copied, not averaged.
+
+    Parameters
+    ----------
+    tile_maps : array-like of shape (m, h_t, w_t)
+        Each tile's map at its own pixel resolution.
+    placements : sequence of (tile, kept)
+        Per tile, ``tile = ((r0, r1), (c0, c1))``: its pixel spans in the image, and
+        ``kept``: the spans it contributes, inside ``tile``.
+    size : (int, int)
+        ``(H, W)`` of the image; the kept spans must cover it.
+    out : ndarray of shape (H, W) or None, default=None
+        A map to paste into and return, for an image whose tiles come a chunk at a time;
+        whether the tiles cover the image is then not checked.
+
+    Returns
+    -------
+    map : ndarray of shape (H, W), dtype float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpadim.detectors.scoring import stitch_tile_maps
+    >>> tiles = np.stack([np.zeros((4, 4)), np.ones((4, 4))])     # two 4x4 tiles of a 4x6 image
+    >>> placements = [(((0, 4), (0, 4)), ((0, 4), (0, 3))),
+    ...               (((0, 4), (2, 6)), ((0, 4), (3, 6)))]
+    >>> stitch_tile_maps(tiles, placements, (4, 6))[0].tolist()
+    [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    """
+    tile_maps = _as_tensor(tile_maps).numpy()
+    check = out is None
+    if check:
+        out = np.full(tuple(size), np.nan, dtype=np.float32)
+    for part, (((r0, _), (c0, _)), ((kr0, kr1), (kc0, kc1))) in zip(tile_maps, placements):
+        out[kr0:kr1, kc0:kc1] = part[kr0 - r0 : kr1 - r0, kc0 - c0 : kc1 - c0]
+    if check and np.isnan(out).any():
+        raise InvalidImageError(
+            f"the kept spans of {len(tile_maps)} tiles do not cover the {tuple(size)} image; "
+            "compute them with kept_spans from tiles that cover it"
+        )
+    return out

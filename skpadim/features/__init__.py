@@ -9,7 +9,9 @@ A user's image passes through this sub-package in order:
   by the :class:`~skpadim.BackboneFeatures` transformer, on the whole image or on
   overlapping tiles stitched on the whole image's grid (:func:`tile_spans`,
   :func:`kept_spans`, :func:`forward_tiled`), so that large images are inspected at their
-  own resolution with the backbone's memory bounded by the tile;
+  own resolution with the backbone's memory bounded by the tile, or handed on as samples
+  of their own (:class:`TileSamples`, :func:`shared_tile_spans`) for a model of one
+  tile's positions shared by every tile;
 - optional reduction of the channels: :class:`~skpadim.RandomFeatureSelector` (the
   paper's random selection) or :class:`~skpadim.PatchPCA`.
 
@@ -28,6 +30,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "._extraction": ["BackboneFeatures", "concat_layers"],
     "._selection": ["RandomFeatureSelector"],
     "._decomposition": ["PatchPCA"],
+    "._tile_samples": ["TileSamples", "TileChunk", "shared_tile_spans"],
     "._tiling": ["tile_spans", "kept_spans", "forward_tiled", "auto_overlap", "layer_strides",
                  "output_shapes"],
 })
@@ -39,6 +42,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     from ._image_files import image_size, read_image
     from ._images import as_image_batches, image_sizes
     from ._selection import RandomFeatureSelector
+    from ._tile_samples import TileChunk, TileSamples, shared_tile_spans
     from ._tiling import (
         auto_overlap,
         forward_tiled,

@@ -16,6 +16,7 @@ from .._torch import from_numpy
 from .._validation import validate_feature_maps
 from .._versioning import VersionedStateMixin
 from ..exceptions import InvalidImageError
+from ._tile_samples import TileSamples
 
 __all__ = ["PatchPCA"]
 
@@ -163,6 +164,8 @@ class PatchPCA(VersionedStateMixin, ClassNamePrefixFeaturesOutMixin, Transformer
         X_new : ndarray of shape (n_samples, n_components, h, w) or (n_samples, n_components)
         """
         check_is_fitted(self)
+        if isinstance(X, TileSamples):  # computed lazily: this step joins the chain
+            return X.then(self)
         X = self._validate(X, reset=False)
         rows = _patch_rows(X).to(torch.float64) - torch.from_numpy(self.mean_)
         out = (rows @ torch.from_numpy(self.components_).T).to(

@@ -1,6 +1,7 @@
 """Images in, patch-embedding maps out: the first step of a PaDiM or SPADE pipeline."""
 
 import os
+import threading
 from numbers import Integral
 
 import numpy as np
@@ -17,6 +18,7 @@ from ..exceptions import ConfigurationError, InvalidImageError
 from . import backbones
 from ._geometry import _INTERPOLATIONS, _pair
 from ._images import as_image_batches, n_images
+from ._tile_samples import TileSamples
 from ._tiling import _pair as _tile_pair
 from ._tiling import (
     auto_overlap,
@@ -29,6 +31,7 @@ from ._tiling import (
 __all__ = ["BackboneFeatures", "concat_layers"]
 
 _UPSAMPLE = ("nearest", "bilinear", "bicubic")
+_STRIDES_LOCK = threading.Lock()
 
 
 def concat_layers(feature_maps, upsample="nearest", channels=None):
@@ -166,7 +169,17 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         stride (128 px for the default layers), at most half the tile (rounded down to
         that stride). With it, 256-px tiles of 512x512 images give features within 0.4%
         of the untiled ones on average and 3% at worst (random ResNet18; pretrained
-        Lite0: 1.7% and 8%, next to the cuts), and image scores within 0.1%.
+        Lite0: 1.7% and 8%, next to the cuts), and image scores within 0.1%. With
+        ``stitch=False``, "auto" is half as much (4 cells of the coarsest layer, 64 px).
+    stitch : bool, default=True
+        With ``tile``: True stitches the tiles' features into one map per image, for a
+        detector with one Gaussian per position of the whole image. False hands the tiles
+        on as samples of their own (a lazy :class:`~skpadim.features.TileSamples`, which
+        only :class:`~skpadim.StreamingPipeline` and the detectors consume): all tiles
+        have exactly ``tile`` pixels, images of any size of at least a tile are accepted,
+        and the detector models one tile's positions, shared by every tile of every image
+        (``make_padim(positions="tile")``). For stationary surfaces (textures, webs,
+        sheets): the model's memory does not depend on the image's size.
 
     Attributes
     ----------
@@ -213,6 +226,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         "tile": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
         "tile_overlap": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left"),
                          tuple, list],
+        "stitch": ["boolean"],
     }
 
     def __init__(
@@ -232,6 +246,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         random_state=None,
         tile=None,
         tile_overlap="auto",
+        stitch=True,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -248,6 +263,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         self.random_state = random_state
         self.tile = tile
         self.tile_overlap = tile_overlap
+        self.stitch = stitch
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
@@ -274,12 +290,17 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
                 f"mean and std need 3 values each (std > 0), got mean={mean}, std={std}"
             )
         self.input_size_ = None
+        if not self.stitch and self.tile is None:
+            raise ConfigurationError(
+                "stitch=False hands tiles on as samples, so it needs a tile size: set tile "
+                "(for instance tile=256) or leave stitch=True"
+            )
         if X is not None:
             # Fails early on bad input; without resize and crop, later images must have
             # the size of these.
             first = next(as_image_batches(
                 X[:1], 1, self.resize, self.crop, self.interpolation))
-            if self.resize is None and self.crop is None:
+            if self.resize is None and self.crop is None and self.stitch:
                 self.input_size_ = tuple(first.shape[-2:])
         trunk = backbones.build_trunk(
             self.backbone, self.layers, self.weights, seed=torch_seed(self.random_state)
@@ -289,6 +310,9 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         self.module_ = trunk
         self._tile_plan()  # a tiling that cannot work fails here, not on the first image
         self.image_size_ = _pair(self.crop or self.resize, "crop")
+        if not self.stitch:
+            # Every sample is a tile, whatever the image's size.
+            self.image_size_ = self._shared_tile_plan()[0]
         # Shapes only, on the meta device: no activations, however large the images
         # (tiled or not, the maps are on the whole image's grid). Without a fixed input
         # size only the channel counts are needed, which any size gives.
@@ -305,7 +329,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         if self.tile is None:
             return None
         # Read from the network (on the meta device, so it costs nothing), not a table.
-        strides = layer_strides(self.module_)
+        strides = self._layer_strides()
         align = max(strides)
         tile = _tile_pair(self.tile, "tile", 1)
         overlap = (auto_overlap(tile, align) if self.tile_overlap == "auto"
@@ -319,6 +343,40 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
                     "lower tile_overlap"
                 )
         return tile, overlap, strides
+
+    def _shared_tile_plan(self):
+        """``(tile, overlap)`` in pixels of the tiles handed on as samples (``stitch=False``)."""
+        align = max(self._layer_strides())
+        tile = _tile_pair(self.tile, "tile", 1)
+        if self.tile_overlap == "auto":
+            return tile, auto_overlap(tile, align, cells=4)
+        return tile, _tile_pair(self.tile_overlap, "tile_overlap", 0)
+
+    def _layer_strides(self):
+        """:func:`layer_strides` of ``module_``, computed once per network.
+
+        Computing them swaps the network's parameters for meta tensors for a moment, so
+        threads sharing this step (a Dask worker's) must not do it while another runs the
+        network: it is done once, under a lock, and kept (not saved).
+        """
+        cached = self.__dict__.get("_strides")
+        if cached is None or cached[0] is not self.module_:
+            with _STRIDES_LOCK:
+                cached = self.__dict__.get("_strides")
+                if cached is None or cached[0] is not self.module_:
+                    cached = self._strides = (self.module_, layer_strides(self.module_))
+        return cached[1]
+
+    def _tile_runtime(self):
+        """``(device, module, tiles per forward pass)`` for :class:`TileSamples`."""
+        check_is_fitted(self)
+        device = resolve_device(self.device)
+        return device, self._inference_module(device), self._batch_size(device)
+
+    def _tile_features(self, module, tiles, channels=None):
+        """Feature maps of a batch of tiles, each run as an image of its own (numpy)."""
+        with torch.inference_mode():
+            return concat_layers(module(tiles), self.upsample, channels).cpu().numpy()
 
     def _tile_grid(self, size):
         """``(rows, columns)`` of tiles an image reaching the network at ``size`` runs in."""
@@ -356,6 +414,8 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
     def _transform(self, X, channels=None):
         """``transform``, keeping only ``channels`` of the output (see :func:`concat_layers`)."""
         check_is_fitted(self)
+        if not self.__dict__.get("stitch", True):
+            return TileSamples(self, X, channels)
         device = resolve_device(self.device)
         module = self._inference_module(device)
         batch_size = self._batch_size(device)
@@ -402,6 +462,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
     def __getstate__(self):
         state = dict(super().__getstate__())
         state.pop("_folded", None)
+        state.pop("_strides", None)
         return state
 
     def __setstate__(self, state):
@@ -409,6 +470,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
         # Pickles from before tiling lack its parameters; they ran untiled.
         self.__dict__.setdefault("tile", None)
         self.__dict__.setdefault("tile_overlap", "auto")
+        self.__dict__.setdefault("stitch", True)
 
     def _check_size(self, batch):
         """Images must reach the network at the size seen in fit: checked on the input,

@@ -11,6 +11,7 @@ from .._compat import Interval, _fit_context
 from .._validation import validate_feature_maps
 from .._versioning import VersionedStateMixin
 from ..exceptions import InvalidImageError
+from ._tile_samples import TileSamples
 
 __all__ = ["RandomFeatureSelector"]
 
@@ -129,6 +130,8 @@ class RandomFeatureSelector(VersionedStateMixin, TransformerMixin, BaseEstimator
         X_selected : ndarray of shape (n_samples, n_selected, h, w) or (n_samples, n_selected)
         """
         check_is_fitted(self)
+        if isinstance(X, TileSamples):  # computed lazily: this step joins the chain
+            return X.then(self)
         X = self._validate(X, reset=False)
         return X[:, self.feature_indices_]
 

@@ -175,7 +175,9 @@ class _Decoder:
     def _namedtuple(self, node, where):
         _, cls = self.lookup(self.namedtuples, node, where, "named tuple")
         items = self.field(node, "items", dict, where)
-        if sorted(items) != sorted(cls._fields):
+        # Fields with defaults may be missing: files written before they were added.
+        required = set(cls._fields) - set(cls._field_defaults)
+        if not required <= set(items) <= set(cls._fields):
             raise self.fail(where, f"{cls.__name__} has fields {list(cls._fields)}, the file "
                                    f"{sorted(items)}")
         return cls(**{k: self.decode(v, _join(where, k)) for k, v in items.items()})

@@ -17,8 +17,9 @@ pixels to the verdict; :class:`~skpadim.io.OnnxModel` runs such a file with onnx
   ``crop`` is set, ``H`` and ``W`` are dynamic too (at least the crop).
 - inside: ``/ 255``, the center crop, the backbone's normalisation and layers (batch
   norms folded), the selected channels, Mahalanobis distances with the stored Cholesky
-  factors of the precisions (no inverse), upsampling and Gaussian blur as one matrix per
-  axis, image score = maximum of the map;
+  factors of the precisions (no inverse; with ``PatchGaussian(covariance_block=k)`` one
+  factor per block, the positions gathered block by block), upsampling and Gaussian blur
+  as one matrix per axis, image score = maximum of the map;
 - outputs: ``anomaly_maps``, float32 ``(n, h, w)`` at the crop size (the map size), higher
   = more anomalous; ``scores``, float32 ``(n,)``, the maximum of each map (skpadim's
   anomaly score, ``-score_samples``); ``labels``, int64 ``(n,)``, +1 normal (``scores <=
@@ -28,10 +29,25 @@ pixels to the verdict; :class:`~skpadim.io.OnnxModel` runs such a file with onnx
   ``input_size``, ``map_size``, ``input``, ``preprocessing``, ``outputs`` and
   ``factors_dtype``.
 
+**Tile-shared models** (``make_padim(positions="tile")``: one Gaussian per position of a
+tile, shared by every tile) are exported as the graph of **one tile**: input ``images``
+uint8 ``(n, th, tw, 3)``, ``n`` tiles of exactly the tile's size; output ``tile_maps``
+float32 ``(n, th, tw)``, each tile's distances upsampled to its pixels, not smoothed. The
+image-level steps are the caller's, as :class:`OnnxModel` does them, and
+``metadata_props["tile_shared"]`` (JSON) holds their settings: center-crop the image to
+``crop`` (if any); cut it into tiles along each axis of length ``L`` with tile ``t`` and
+least overlap ``o``: ``k = ceil((L - t) / (t - o))`` steps, starts ``i * (L - t) // k``
+for ``i = 0..k`` (:func:`~skpadim.features.shared_tile_spans`); take each pixel from one
+tile, consecutive tiles ``(a0, a1)``, ``(b0, b1)`` being cut at ``(a1 + b0 + 1) // 2``
+(:func:`~skpadim.features.kept_spans` with ``align=1``); Gaussian-filter the stitched map
+(``scipy.ndimage.gaussian_filter`` with ``sigma``, ``truncate`` and ``mode``); the image
+score is its maximum and the label +1 when ``score <= threshold``.
+
 The optional ``onnx`` extra (``pip install "skpadim[onnx]"``: onnx, onnxruntime,
 onnxscript) is needed here and only here; ``import skpadim`` does not import it.
 """
 
+import json
 import os
 import tempfile
 
@@ -70,27 +86,44 @@ def _require(*names):
 
 
 # ---------------------------------------------------------------------------- export
+def _sizes_text(input_size, crop, map_size, shared):
+    """``input_size`` and ``map_size`` as the metadata states them."""
+    def text(size):
+        return "x".join(map(str, size))
+
+    if input_size is not None:
+        size = text(input_size)
+    else:
+        size = f"any, at least {text(crop if crop is not None else shared['tile'])}"
+    if shared is not None:  # the map has the (cropped) image's size
+        map_size = crop if crop is not None else input_size
+        return size, "the image's size" if map_size is None else text(map_size)
+    return size, text(map_size)
+
+
 def _metadata(info, input_size, crop, map_size, threshold, pixel_threshold):
     from .. import __version__
 
-    size = ("x".join(map(str, input_size)) if input_size is not None
-            else f"any, at least {crop[0]}x{crop[1]}")
+    shared = info.get("tile_shared")
+    if shared is not None:  # the graph is a tile's: the sizes stated are the image's
+        input_size, crop = shared["input_size"], shared["crop"]
+    size, map_text = _sizes_text(input_size, crop, map_size, shared)
     resize = info["resize"]
     steps = ["uint8 / 255"]
-    if crop is not None:
+    if crop is not None and shared is None:
         steps.append(f"center crop to {crop[0]}x{crop[1]}")
     steps += ["backbone normalisation and layers (batch norms folded)"
               if info["model"] == "PaDiM" else "VAE reconstruction from the mean code"]
     not_done = (f"not in the graph: the resize to {resize} ({info['interpolation']}, "
                 "antialiased); give images at the input size" if resize is not None
                 else "no resize")
-    return {
+    entries = {
         "model": f"skpadim {info['model']} ({info['backbone']})",
         "skpadim_version": __version__,
         "threshold": repr(threshold),
         "pixel_threshold": repr(pixel_threshold),
         "input_size": size,
-        "map_size": "x".join(map(str, map_size)),
+        "map_size": map_text,
         "input": "images: uint8 (n, H, W, 3), RGB, channels last; n dynamic",
         "preprocessing": "; ".join(steps) + "; " + not_done,
         "outputs": ("anomaly_maps: float32 (n, h, w), higher = more anomalous; scores: "
@@ -98,9 +131,25 @@ def _metadata(info, input_size, crop, map_size, threshold, pixel_threshold):
                     "(scores <= threshold), -1 anomalous"),
         "factors_dtype": info["factors_dtype"],
     }
+    if shared is not None:
+        tile = ", ".join(map(str, shared["tile"]))
+        entries.update(
+            input=f"images: uint8 (n, {tile}, 3), RGB, channels last: "
+                  "n tiles cut from images as tile_shared says; n dynamic",
+            preprocessing=entries["preprocessing"] + (
+                "; not in the graph either: the center crop to the tile_shared crop, the "
+                "cut into tiles, the stitching and the Gaussian filter (skpadim's OnnxModel "
+                "does them; see the skpadim.io._onnx module documentation)"),
+            outputs=(f"tile_maps: float32 (n, {tile}), each tile's "
+                     "distances upsampled to its pixels, not smoothed; stitched and "
+                     "Gaussian-filtered, an image's map has scores = its max and labels "
+                     "+1 when scores <= threshold, -1 otherwise"),
+            tile_shared=json.dumps(shared),
+        )
+    return entries
 
 
-def _torch_export(graph, input_size, crop, opset):
+def _torch_export(graph, input_size, crop, opset, outputs):
     batch = torch.export.Dim("batch", min=1)
     if input_size is None:
         h, w = crop
@@ -115,7 +164,7 @@ def _torch_export(graph, input_size, crop, opset):
     # factors' Cast into float32 initializers, which doubles the file of a float16 model.
     program = torch.onnx.export(
         graph, (example,), dynamo=True, opset_version=opset, input_names=["images"],
-        output_names=["anomaly_maps", "scores", "labels"], dynamic_shapes={"images": dims},
+        output_names=outputs, dynamic_shapes={"images": dims},
         verbose=False, optimize=True,
     )
     return program.model_proto
@@ -159,8 +208,8 @@ def export_onnx(model, path, *, opset=18, storage_dtype=None, external_data="aut
     input size (the graph crops; it does **not** resize); outputs ``anomaly_maps``
     float32 ``(n, h, w)``, ``scores`` float32 ``(n,)`` and ``labels`` int64 ``(n,)``
     (+1 normal, -1 anomalous). The image and pixel thresholds and a description of the
-    contract are in the file's ``metadata_props``. Export uses torch's ``torch.export``-based exporter
-    (``dynamo=True``) with a dynamic batch dimension.
+    contract are in the file's ``metadata_props``. Export uses torch's
+    ``torch.export``-based exporter (``dynamo=True``) with a dynamic batch dimension.
 
     Parameters
     ----------
@@ -168,7 +217,11 @@ def export_onnx(model, path, *, opset=18, storage_dtype=None, external_data="aut
         A fitted PaDiM pipeline (:func:`~skpadim.make_padim`, or a ``Pipeline`` of
         ``BackboneFeatures``, ``RandomFeatureSelector`` and ``PatchGaussian``), or a
         fitted :class:`~skpadim.VAE`. SPADE is refused (its model is its gallery of
-        training features).
+        training features), and so is a backbone that stitches several tiles
+        (``BackboneFeatures(tile=..., stitch=True)`` on images larger than a tile). A
+        tile-shared pipeline (``make_padim(positions="tile")``) is written as the graph
+        of one tile (see the module description); :class:`~skpadim.io.OnnxModel` cuts
+        the images into tiles and stitches and smooths the maps.
     path : str or path-like
         The ``.onnx`` file to write; written atomically (a temporary file, then a rename).
     opset : int, default=18
@@ -234,12 +287,13 @@ def export_onnx(model, path, *, opset=18, storage_dtype=None, external_data="aut
             f"external_data must be True, False or 'auto', got {external_data!r}"
         )
     graph, input_size, crop, map_size, info = _graph(model, storage_dtype, PROTOBUF_LIMIT)
-    threshold = float(graph.head.threshold)
+    threshold = info["threshold"]
     pixel_threshold = _pixel_threshold(model)
+    outputs = info.get("outputs", ["anomaly_maps", "scores", "labels"])
     with torch.inference_mode(False), torch.no_grad():
-        proto = _torch_export(graph, input_size, crop, opset)
-    proto.doc_string = ("skpadim anomaly detector: images (uint8 n,H,W,3) -> anomaly_maps, "
-                        "scores, labels; see metadata_props")
+        proto = _torch_export(graph, input_size, crop, opset, outputs)
+    proto.doc_string = (f"skpadim anomaly detector: images (uint8 n,H,W,3) -> "
+                        f"{', '.join(outputs)}; see metadata_props")
     del proto.metadata_props[:]
     for key, value in _metadata(info, input_size, crop, map_size, threshold,
                                 pixel_threshold).items():
@@ -251,6 +305,48 @@ def export_onnx(model, path, *, opset=18, storage_dtype=None, external_data="aut
 
 
 # ---------------------------------------------------------------------------- running
+def _tile_placements(size, plan):
+    """Per tile of an image of ``size``: its pixel spans and the spans of the map it gives,
+    as :class:`~skpadim.features.TileSamples` cuts them."""
+    from ..features import kept_spans, shared_tile_spans
+
+    rows, cols = (shared_tile_spans(length, tile, overlap)
+                  for length, tile, overlap in zip(size, plan["tile"], plan["overlap"]))
+    return [((r, c), (kr, kc)) for r, kr in zip(rows, kept_spans(rows, 1))
+            for c, kc in zip(cols, kept_spans(cols, 1))]
+
+
+def _inspect_tiles(session, images, plan, threshold, batch_size):
+    """A tile-shared model's maps, scores and labels: the graph runs ``batch_size`` tiles at
+    a time; stitching and smoothing are numpy's and scipy's, as the torch path's
+    (``AnomalyMapMixin._tile_maps``): each pixel from one tile, then one filter per map."""
+    import scipy.ndimage
+
+    if plan["crop"] is not None:
+        (h, w), (ch, cw) = images.shape[1:3], plan["crop"]
+        if h < ch or w < cw:
+            raise InvalidImageError(
+                f"images are {(h, w)}, smaller than the model's crop {(ch, cw)}")
+        top, left = (h - ch) // 2, (w - cw) // 2  # where resize_and_crop crops
+        images = images[:, top : top + ch, left : left + cw]
+    placed = _tile_placements(images.shape[1:3], plan)
+    maps = np.empty(images.shape[:3], dtype=np.float32)
+    jobs = [(i, where) for i in range(len(images)) for where in placed]
+    for start in range(0, len(jobs), batch_size):
+        group = jobs[start : start + batch_size]
+        tiles = np.stack([images[i, r0:r1, c0:c1] for i, (((r0, r1), (c0, c1)), _) in group])
+        (tile_maps,) = session.run(None, {"images": np.ascontiguousarray(tiles)})
+        for part, (i, (((r0, _), (c0, _)), ((kr0, kr1), (kc0, kc1)))) in zip(tile_maps, group):
+            maps[i, kr0:kr1, kc0:kc1] = part[kr0 - r0 : kr1 - r0, kc0 - c0 : kc1 - c0]
+    sigma = plan["sigma"]
+    if sigma > 0:  # as skpadim.detectors.scoring.gaussian_smooth, one map at a time
+        maps = scipy.ndimage.gaussian_filter(maps, sigma=(0, sigma, sigma),
+                                             truncate=plan["truncate"], mode=plan["mode"])
+    scores = maps.reshape(len(maps), -1).max(axis=1)
+    labels = np.where(scores <= np.float32(threshold), 1, -1).astype(np.int64)
+    return Inspection(maps, scores, labels)
+
+
 class OnnxModel:
     """An exported skpadim model run with onnxruntime: maps, scores and labels.
 
@@ -280,7 +376,12 @@ class OnnxModel:
         Map values above it are defect pixels (the model's ``pixel_threshold_``); NaN for
         files written before skpadim recorded it.
     input_size : tuple of int or None
-        ``(H, W)`` the graph takes; None when any size of at least the crop works.
+        ``(H, W)`` the images must have; None when any size of at least the crop (or,
+        for a tile-shared model, the tile) works.
+    tile_shared : dict or None
+        For a tile-shared model, the graph being one tile's: ``tile``, ``overlap``,
+        ``crop``, ``input_size``, and the stitched map's ``sigma``, ``truncate`` and
+        ``mode`` (the file's ``metadata_props["tile_shared"]``); else None.
 
     Examples
     --------
@@ -311,7 +412,11 @@ class OnnxModel:
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.threshold = float(self.metadata.get("threshold", "nan"))
         self.pixel_threshold = float(self.metadata.get("pixel_threshold", "nan"))
+        shared = self.metadata.get("tile_shared")
+        self.tile_shared = None if shared is None else json.loads(shared)
         shape = self.session.get_inputs()[0].shape
+        if self.tile_shared is not None:  # the graph's input is a tile, not the image
+            shape = [None] + (self.tile_shared["input_size"] or [None, None])
         fixed = all(isinstance(s, int) for s in shape[1:3])
         self.input_size = tuple(shape[1:3]) if fixed else None
 
@@ -338,7 +443,7 @@ class OnnxModel:
         images : ndarray of shape (n, H, W, 3), dtype uint8
             RGB images at the model's input size.
         batch_size : int, default=32
-            Images per run of the graph.
+            Images per run of the graph (tiles, for a tile-shared model).
 
         Returns
         -------
@@ -347,6 +452,9 @@ class OnnxModel:
             anomalous, ``labels`` (n,) int64, +1 normal / -1 anomalous.
         """
         images = self._check(images)
+        if self.tile_shared is not None:
+            return _inspect_tiles(self.session, images, self.tile_shared, self.threshold,
+                                  batch_size)
         parts = [self.session.run(None, {"images": images[start : start + batch_size]})
                  for start in range(0, len(images), batch_size)]
         return Inspection(*(np.concatenate(field) for field in zip(*parts)))

@@ -4,9 +4,12 @@ A PaDiM pipeline becomes ``_PadimGraph`` (crop, backbone with batch norms folded
 the kept channels, Mahalanobis distances with the stored Cholesky factors) and a
 :class:`~skpadim.VAE` becomes ``_VaeGraph`` (crop, reconstruction error); both end in
 ``_Head``: the maps' upsampling and blur as one matrix per axis, the image score and
-the label. Each part is written so that ``torch.export`` traces it with a dynamic batch
-(and a dynamic image size when the model has a crop but no resize). The functions below
-read what the fitted estimators hold and refuse what cannot be exported, with the reason.
+the label. A tile-shared PaDiM (``make_padim(positions="tile")``) becomes the graph of
+one tile, ending in ``_TileHead``: the tile's map, upsampled only; cutting the image into
+tiles, stitching and smoothing are :class:`~skpadim.io.OnnxModel`'s. Each part is
+written so that ``torch.export`` traces it with a dynamic batch (and a dynamic image size
+when the model has a crop but no resize). The functions below read what the fitted
+estimators hold and refuse what cannot be exported, with the reason.
 """
 
 import copy
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..detectors import scoring
+from ..detectors._blocks import block_members
 from ..exceptions import ConfigurationError
 
 __all__ = []
@@ -39,7 +43,23 @@ class _Preprocess(nn.Module):
         return x
 
 
-class _Head(nn.Module):
+class _TileHead(nn.Module):
+    """Patch distances ``(n, h, w)`` -> maps ``(n, H, W)``: ``rows @ distances @ cols.T``.
+
+    For a tile-shared model ``rows`` and ``cols`` only upsample (each tile's map, which
+    :class:`~skpadim.io.OnnxModel` stitches and then smooths as a whole).
+    """
+
+    def __init__(self, rows, cols):
+        super().__init__()
+        self.register_buffer("rows", rows)
+        self.register_buffer("cols_t", cols.T.contiguous())
+
+    def forward(self, distances):
+        return torch.matmul(torch.matmul(self.rows, distances), self.cols_t)
+
+
+class _Head(_TileHead):
     """Patch distances ``(n, h, w)`` -> maps ``(n, H, W)``, scores ``(n,)``, labels ``(n,)``.
 
     ``rows`` and ``cols`` are :func:`skpadim.detectors.scoring.anomaly_maps`' fused operators:
@@ -47,22 +67,38 @@ class _Head(nn.Module):
     """
 
     def __init__(self, rows, cols, threshold):
-        super().__init__()
-        self.register_buffer("rows", rows)
-        self.register_buffer("cols_t", cols.T.contiguous())
+        super().__init__(rows, cols)
         # float32, as skpadim compares: -score - offset_ >= 0 in float32.
         self.register_buffer("threshold", torch.tensor(threshold, dtype=torch.float32))
 
     def forward(self, distances):
-        maps = torch.matmul(torch.matmul(self.rows, distances), self.cols_t)
+        maps = super().forward(distances)
         scores = maps.flatten(1).amax(dim=1)
         one = torch.ones_like(scores, dtype=torch.int64)
         labels = torch.where(scores <= self.threshold, one, -one)
         return maps, scores, labels
 
 
+def _block_slots(blocks):
+    """Positions in block order, padded (``slots``), and each position's slot (``inverse``).
+
+    Slot ``b * size + j`` holds block ``b``'s ``j``-th position; padding slots repeat
+    position 0, whose distances there are computed and dropped.
+    """
+    flat = block_members(blocks).reshape(-1)
+    valid = flat >= 0
+    inverse = torch.empty(blocks.numel(), dtype=torch.int64)
+    inverse[flat[valid]] = torch.arange(flat.numel())[valid]
+    return flat.clamp(min=0), inverse
+
+
 class _PadimGraph(nn.Module):
-    def __init__(self, preprocess, trunk, upsample, pieces, order, grid, mean, chol, head):
+    """PaDiM's distances; with ``blocks`` (the block of each position), positions share
+    their block's factor: the graph gathers them block by block (``_block_slots``) and
+    multiplies each block's samples by its factor at once, never one factor per position."""
+
+    def __init__(self, preprocess, trunk, upsample, pieces, order, grid, mean, chol, head,
+                 blocks=None):
         super().__init__()
         self.preprocess, self.trunk, self.head = preprocess, trunk, head
         self.upsample, self.grid = upsample, grid
@@ -75,8 +111,14 @@ class _PadimGraph(nn.Module):
                 self.register_buffer(f"channels{k}", torch.as_tensor(local))
                 self.pieces.append(f"channels{k}")
         self.register_buffer("order", None if order is None else torch.as_tensor(order))
-        self.register_buffer("mean", mean[:, None, :])  # (P, 1, d)
-        self.register_buffer("chol", chol)  # (P, d, d), float16 or float32
+        self.blocked = blocks is not None
+        if self.blocked:
+            slots, inverse = _block_slots(blocks)
+            self.register_buffer("slots", slots)
+            self.register_buffer("inverse", inverse)
+            mean = mean.index_select(0, slots)  # (slots, d), position by position
+        self.register_buffer("mean", mean[:, None, :])  # (P or slots, 1, d)
+        self.register_buffer("chol", chol)  # (P or blocks, d, d), float16 or float32
 
     def _embedding(self, outputs):
         """:func:`skpadim.features.concat_layers` of the kept channels, export-friendly."""
@@ -97,10 +139,22 @@ class _PadimGraph(nn.Module):
     def forward(self, images):
         x = self._embedding(self.trunk(self.preprocess(images)))
         n, d = x.shape[0], x.shape[1]
+        if self.blocked:
+            return self.head(self._block_distances(x.reshape(n, d, -1)).T.reshape(n, *self.grid))
         centred = x.reshape(n, d, -1).permute(2, 0, 1) - self.mean  # (P, n, d)
         y = torch.matmul(centred, self.chol.to(torch.float32))
         distances = y.square().sum(dim=-1).sqrt()  # (P, n)
         return self.head(distances.T.reshape(n, *self.grid))
+
+    def _block_distances(self, x):
+        """(n, d, P) embeddings -> (P, n) distances, with one factor per block."""
+        n, d = x.shape[0], x.shape[1]
+        centred = x.index_select(2, self.slots).permute(2, 0, 1) - self.mean  # (slots, n, d)
+        # Slots are block-major: a block's positions and samples are one row range.
+        centred = centred.reshape(self.chol.shape[0], -1, d)
+        y = torch.matmul(centred, self.chol.to(torch.float32))
+        distances = y.square().sum(dim=-1).sqrt().reshape(-1, n)  # (slots, n)
+        return distances.index_select(0, self.inverse)
 
 
 class _VaeGraph(nn.Module):
@@ -130,6 +184,25 @@ def _head(detector, grid, threshold):
     rows = scoring._axis_operator(grid[0], size[0], *args).clone()
     cols = scoring._axis_operator(grid[1], size[1], *args).clone()
     return _Head(rows, cols, threshold), size
+
+
+def _tile_shared_settings(features, detector, crop):
+    """What is done around a tile-shared model's graph (``metadata_props["tile_shared"]``):
+    the crop, the tiles and the filter of the stitched map."""
+    tile, overlap = features._shared_tile_plan()
+    return dict(tile=list(tile), overlap=list(overlap),
+                crop=None if crop is None else list(crop),
+                input_size=None if features.resize is None else list(_pair(features.resize)),
+                sigma=float(detector.sigma), truncate=float(detector.truncate),
+                mode=detector.mode)
+
+
+def _tile_head(detector, grid, tile):
+    """A tile's upsampling alone: the Gaussian filter runs on the stitched image's map,
+    which :class:`~skpadim.io.OnnxModel` smooths, as ``AnomalyMapMixin._tile_maps`` does."""
+    args = (detector.interpolation, 0.0, float(detector.truncate), detector.mode)
+    rows, cols = (scoring._axis_operator(g, t, *args).clone() for g, t in zip(grid, tile))
+    return _TileHead(rows, cols)
 
 
 def _threshold(detector):
@@ -210,8 +283,9 @@ def _channel_pieces(layer_channels, channels):
 
 
 def _refuse_tiled(features):
-    # The graph runs the backbone once on the whole image; a tiled model's features differ
-    # near the tile cuts, so its graph would not give the maps the model gives.
+    # The graph runs the backbone once on the whole image; a stitched tiled model's
+    # features differ near the tile cuts, so its graph would not give the maps the model
+    # gives. (A tile-shared model, stitch=False, is exported tile by tile instead.)
     size = features.__dict__.get("image_size_") or features.__dict__.get("input_size_")
     grid = (1, 1) if size is None else features._tile_grid(size)
     if grid != (1, 1):
@@ -219,13 +293,16 @@ def _refuse_tiled(features):
             f"tiled models cannot be exported to ONNX yet: BackboneFeatures(tile="
             f"{features.tile}) runs {size[0]}x{size[1]} images in {grid[0]}x{grid[1]} tiles, "
             "which the graph does not do. Fit the pipeline with tile=None to export it, "
-            "or score this model from Python"
+            "use a tile-shared model (make_padim(positions='tile')), which exports, or "
+            "score this model from Python"
         )
 
 
 def _padim_graph(model, storage_dtype):
     features, channels, detector = _padim_steps(model)
-    _refuse_tiled(features)
+    shared = not features.__dict__.get("stitch", True)
+    if not shared:
+        _refuse_tiled(features)
     storage = storage_dtype or detector.storage_dtype
     crop = _pair(features.crop)
     trunk = copy.deepcopy(features.module_).cpu().eval()
@@ -240,13 +317,23 @@ def _padim_graph(model, storage_dtype):
         raise ConfigurationError(
             "the precision factors overflow float16; export with storage_dtype='float32'"
         )
-    head, map_size = _head(detector, grid, _threshold(detector))
-    graph = _PadimGraph(_Preprocess(crop), trunk, features.upsample, pieces, order, grid,
-                        torch.from_numpy(detector.mean_).float(), chol, head).eval()
-    input_size = _input_size(features.resize, features.crop,
-                             features.__dict__.get("input_size_"))
+    threshold = _threshold(detector)
     info = dict(model="PaDiM", backbone=features.backbone, factors_dtype=storage,
-                resize=features.resize, crop=crop, interpolation=features.interpolation)
+                resize=features.resize, crop=crop, interpolation=features.interpolation,
+                threshold=threshold)
+    if shared:  # the graph is one tile's: OnnxModel crops, cuts tiles, stitches, smooths
+        plan = _tile_shared_settings(features, detector, crop)
+        head, map_size = _tile_head(detector, grid, plan["tile"]), tuple(plan["tile"])
+        input_size, crop = map_size, None
+        info.update(outputs=["tile_maps"], tile_shared=plan)
+    else:
+        head, map_size = _head(detector, grid, threshold)
+        input_size = _input_size(features.resize, features.crop,
+                                 features.__dict__.get("input_size_"))
+    blocks = (None if detector.covariance_block_ == 1
+              else torch.from_numpy(detector.block_index_))
+    graph = _PadimGraph(_Preprocess(crop), trunk, features.upsample, pieces, order, grid,
+                        torch.from_numpy(detector.mean_).float(), chol, head, blocks).eval()
     return graph, input_size, crop, map_size, info
 
 
@@ -255,11 +342,13 @@ def _vae_graph(model, storage_dtype):
         raise ConfigurationError("the VAE is not fitted; fit it before exporting it")
     crop = tuple(int(s) for s in model.image_size_)
     module = copy.deepcopy(model.module_).cpu().eval()
-    head, map_size = _head(model, crop, _threshold(model))
+    threshold = _threshold(model)
+    head, map_size = _head(model, crop, threshold)
     graph = _VaeGraph(_Preprocess(crop), module, head).eval()
     input_size = _input_size(model.resize, crop, None)
     info = dict(model="VAE", backbone="resnet18 encoder", factors_dtype="none",
-                resize=model.resize, crop=crop, interpolation=model.interpolation)
+                resize=model.resize, crop=crop, interpolation=model.interpolation,
+                threshold=threshold)
     return graph, input_size, crop, map_size, info
 
 
