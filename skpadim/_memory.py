@@ -753,20 +753,13 @@ def _terms(net, reduction, gaussian, n, n_batch, d, channels, streaming):
 
 def _tiles_per_image(features, size):
     """Tiles of ``size`` an image is cut into by ``BackboneFeatures(stitch=False)``."""
-    from .features._tile_samples import shared_tile_spans
-    from .features._tiling import auto_overlap
+    from .features._tile_samples import _count_tiles, _shared_plan
 
     tile = _pair(features.tile, "tile")
     layers = tuple(features.layers or backbones.default_layers(features.backbone))
     shapes = _forward(features.backbone, layers, 1, tile)[3]
     align = max(max(1, round(tile[0] / h)) for _, h, _ in shapes)
-    overlap = features.tile_overlap
-    if overlap == "auto":
-        overlap = auto_overlap(tile, align, cells=4)
-    elif isinstance(overlap, Integral):
-        overlap = (overlap, overlap)
-    rows, cols = (len(shared_tile_spans(s, t, o)) for s, t, o in zip(size, tile, overlap))
-    return rows * cols
+    return _count_tiles(size, *_shared_plan(features.tile, features.tile_overlap, align))
 
 
 def _last_batch(n, n_batch):

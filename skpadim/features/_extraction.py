@@ -18,7 +18,7 @@ from ..exceptions import ConfigurationError, InvalidImageError
 from . import backbones
 from ._geometry import _INTERPOLATIONS, _pair
 from ._images import as_image_batches, n_images
-from ._tile_samples import TileSamples
+from ._tile_samples import TileSamples, _shared_plan
 from ._tiling import _pair as _tile_pair
 from ._tiling import (
     auto_overlap,
@@ -346,11 +346,7 @@ class BackboneFeatures(VersionedStateMixin, ImageModuleMixin, TransformerMixin, 
 
     def _shared_tile_plan(self):
         """``(tile, overlap)`` in pixels of the tiles handed on as samples (``stitch=False``)."""
-        align = max(self._layer_strides())
-        tile = _tile_pair(self.tile, "tile", 1)
-        if self.tile_overlap == "auto":
-            return tile, auto_overlap(tile, align, cells=4)
-        return tile, _tile_pair(self.tile_overlap, "tile_overlap", 0)
+        return _shared_plan(self.tile, self.tile_overlap, max(self._layer_strides()))
 
     def _layer_strides(self):
         """:func:`layer_strides` of ``module_``, computed once per network.

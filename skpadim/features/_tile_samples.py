@@ -31,9 +31,29 @@ from ._images import (
     as_image_batches,
     n_images,
 )
-from ._tiling import _check_int, kept_spans
+from ._tiling import _check_int, auto_overlap, kept_spans
+from ._tiling import _pair as _tile_pair
 
 __all__ = ["TileSamples", "TileChunk", "shared_tile_spans"]
+
+#: Default overlap of tiles handed on as samples, in cells of the coarsest tapped layer:
+#: half the stitched tiles' (64 px at stride 16). Their borders have Gaussians of their own.
+SHARED_OVERLAP_CELLS = 4
+
+
+def _shared_plan(tile, tile_overlap, align):
+    """``(tile, overlap)`` pixel pairs of ``BackboneFeatures(tile, tile_overlap,
+    stitch=False)`` on a network whose coarsest tapped stride is ``align``."""
+    tile = _tile_pair(tile, "tile", 1)
+    if tile_overlap == "auto":
+        return tile, auto_overlap(tile, align, cells=SHARED_OVERLAP_CELLS)
+    return tile, _tile_pair(tile_overlap, "tile_overlap", 0)
+
+
+def _count_tiles(size, tile, overlap):
+    """Tiles an image of ``size`` is cut into (:func:`shared_tile_spans` along each axis)."""
+    rows, cols = (len(shared_tile_spans(s, t, o)) for s, t, o in zip(size, tile, overlap))
+    return rows * cols
 
 
 def shared_tile_spans(length, tile, overlap):
@@ -179,8 +199,7 @@ class TileSamples:
         step = self.features
         if step.crop is not None or step.resize is not None:
             size = _pair(step.crop if step.crop is not None else step.resize, "resize")
-        rows, cols = self.spans(size)
-        return len(rows) * len(cols)
+        return _count_tiles(size, *step._shared_tile_plan())
 
     def spans(self, size):
         """Row and column tile spans of an image of ``size`` ``(H, W)``."""
