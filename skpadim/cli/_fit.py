@@ -237,13 +237,11 @@ def _describe(args, model, resize, crop):
     return f"model: {what}, {size}, device {args.device}"
 
 
-def _plan_padim(args, data, resize, crop, log):
+def _plan_padim(args, data, sizes, resize, crop, log):
     """The PaDiM model for the settings left at "auto", and what its fit will need."""
     from ..exceptions import ConfigurationError
-    from ..features._image_files import image_size
     from . import _plan
 
-    sizes = {image_size(path) for path in data.train_images}
     size = (resize, resize) if resize is not None else max(sizes)
     if crop is not None:
         size = (crop, crop)
@@ -323,10 +321,10 @@ def run(args, log):
         raise Failure(EXIT_USAGE, f"the crop ({crop}) is larger than the resize ({resize}); "
                                   "pass a --crop no larger than --resize, or --crop none")
     check_writable(args.model)
-    for path in data.train_images:  # every training image is an image, from its header
-        image_size(path)
+    # Every training image is an image, from its header; their sizes plan a PaDiM fit.
+    sizes = {image_size(path) for path in data.train_images}
     if args.method == "padim":
-        model = _plan_padim(args, data, resize, crop, log)
+        model = _plan_padim(args, data, sizes, resize, crop, log)
     else:
         model = _build(args, resize, crop)
     features = _check_backbone(model)
